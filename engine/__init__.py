@@ -1,0 +1,1 @@
+"""tuitrain training engine: PyTorch and the standard library only (no UI imports)."""

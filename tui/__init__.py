@@ -1,0 +1,1 @@
+"""Terminal front ends: the command line, the headless reporter and the dashboard."""
