@@ -1,0 +1,97 @@
+"""Batches for the loop: fast device slicing for tensors, a DataLoader otherwise.
+
+For in-memory tensor data, a DataLoader indexes one sample at a time and
+collates in Python, which costs more than the whole step of a small model.
+Here each epoch's permutation is applied once on the device and batches are
+views of the shuffled copy. The order depends on (seed, epoch) only, so a
+resumed run rebuilds it and starts at the saved batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Protocol
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .seeding import epoch_generator
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Batches(Protocol):
+    size: int
+    """Number of samples."""
+    batches_per_epoch: int
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """The batches of `epoch`, beginning with batch index `start`."""
+        ...
+
+
+def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+class TensorBatches:
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
+                 seed: int, shuffle: bool = True, drop_last: bool = False) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+        self.x = x.to(device)
+        self.y = y.to(device)
+        self.size = len(x)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.batches_per_epoch = count_batches(self.size, batch_size, drop_last)
+        self.device = device
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        x, y = self.x, self.y
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch)).to(self.device)
+            x, y = x[order], y[order]
+        b = self.batch_size
+        for i in range(start, self.batches_per_epoch):
+            yield x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+
+
+class LoaderBatches:
+    """Any map-style Dataset of (input, target) pairs, through a DataLoader."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
+                 shuffle: bool = True, drop_last: bool = False, num_workers: int = 0) -> None:
+        self.dataset = dataset
+        self.size = len(dataset)  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.num_workers = num_workers
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.batches_per_epoch = count_batches(self.size, batch_size, drop_last)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        if self.shuffle:
+            order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch))
+        else:
+            order = torch.arange(self.size)
+        indices = order[start * self.batch_size:].tolist()
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices,
+                            drop_last=self.drop_last, num_workers=self.num_workers,
+                            pin_memory=self.pin)
+        for x, y in loader:
+            yield (x.to(self.device, non_blocking=self.pin), y.to(self.device, non_blocking=self.pin))
+
+
+def make_batches(split: object, batch_size: int, device: torch.device, seed: int, *,
+                 shuffle: bool, drop_last: bool = False, num_workers: int = 0) -> Batches:
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        return TensorBatches(split[0], split[1], batch_size, device, seed, shuffle, drop_last)
+    if isinstance(split, Dataset) and hasattr(split, "__len__"):
+        return LoaderBatches(split, batch_size, device, seed, shuffle, drop_last, num_workers)
+    raise TypeError("a data split must be a pair of tensors (inputs, targets) or a map-style torch Dataset, "
+                    f"got {type(split).__name__}")

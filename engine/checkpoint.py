@@ -1,0 +1,125 @@
+"""One checkpoint = one plain dict, written atomically, loaded strictly.
+
+Atomic: torch.save goes to a temp file in the same folder, which is fsynced
+and then renamed over the target, and the folder is fsynced. A crash or a
+full disk at any point leaves either the old file or the new one, never a
+half-written file under the real name, and no temp file behind.
+
+Strict: loads use weights_only=True (a pickled object in a .pt file is
+refused, never executed), and leftover or missing keys are an error.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "tuitrain-checkpoint"
+VERSION = 1
+
+# mkstemp creates files 0600; finished files get the usual umask-based mode.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+KEYS = frozenset({
+    "format", "version", "model_state_dict", "optimizer_state_dict", "scheduler_state_dict",
+    "scaler_state_dict", "epoch", "step", "batch_in_epoch", "lr_multiplier", "best_val_loss",
+    "best_epoch", "early_stop_counter", "epoch_totals", "rng", "config", "preset",
+})
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit; one line for the user."""
+
+
+def atomic_write_bytes(path: Path, write: Any) -> int:
+    """Run `write(fileobj)` into a temp file next to `path`, then rename it into place.
+
+    Returns the size written. On any failure the temp file is removed and the
+    previous `path` (if any) is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return size
+
+
+def atomic_write_text(path: Path, text: str) -> int:
+    return atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(state: dict[str, Any], path: Path) -> int:
+    """Write a checkpoint dict atomically; returns its size in bytes."""
+    missing = KEYS - set(state)
+    if missing:
+        raise ValueError(f"checkpoint state lacks {sorted(missing)}")
+    return atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
+
+
+def load(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check a checkpoint; every problem is a CheckpointError with one line."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not p.is_file():
+        raise CheckpointError(f"not a checkpoint file: {p}")
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint is empty: {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(
+                f"refusing to load {p}: it contains pickled Python objects "
+                "(only plain tensors and containers are allowed)") from None
+        raise CheckpointError(f"cannot read checkpoint {p}: {text}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a tuitrain checkpoint")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{p} has checkpoint version {state.get('version')!r}; this tuitrain reads {VERSION}")
+    keys = set(state)
+    if keys != KEYS:
+        extra, missing = sorted(keys - KEYS), sorted(KEYS - keys)
+        detail = "; ".join(s for s in (extra and f"unexpected keys {extra}", missing and f"missing keys {missing}") if s)
+        raise CheckpointError(f"{p} does not match the checkpoint format: {detail}")
+    return state
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,174 @@
+"""RunConfig: every knob of a run in one typed, validated dataclass.
+
+The resolved config is written to the run directory and into every
+checkpoint, so a run can always be explained and resumed from its files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau", "warmup-cosine")
+ON_NAN = ("stop", "pause", "skip")
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A bad value for a knob; its message is one line meant for the user."""
+
+
+@dataclass
+class RunConfig:
+    preset: str = "circles"
+    """Built-in preset name, a path to a .py file, or package.module:attr."""
+    epochs: int = 20
+    lr: float = 1e-3
+    """Peak / base learning rate handed to the optimizer and scheduler."""
+    batch_size: int = 32
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    """SGD and RMSprop momentum."""
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    step_size: int = 10
+    """StepLR: epochs between decays."""
+    gamma: float = 0.1
+    """StepLR decay factor."""
+    warmup: float = 0.05
+    """warmup-cosine: warm-up length as a fraction of all steps (or a step count when >= 1)."""
+    plateau_patience: int = 2
+    plateau_factor: float = 0.5
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; None or 0 turns clipping off."""
+    accumulate: int = 1
+    """Optimizer step every K batches (loss divided by K)."""
+    amp: bool | None = None
+    """Mixed precision; None picks on for CUDA, off elsewhere."""
+    amp_dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    patience: int | None = None
+    """Early stopping: epochs without a better validation loss; None or 0 turns it off."""
+    min_delta: float = 0.0
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (counted over the whole run)."""
+    on_nan: str = "stop"
+    threads: int | None = None
+    """Intra-op CPU threads; None picks by model size (tiny models run faster on one)."""
+    num_workers: int = 0
+    """DataLoader workers for datasets that are not in-memory tensors."""
+    eval_batch_size: int | None = None
+    log_interval: float = 0.25
+    """Seconds between metric flushes (one host copy of the buffered losses each)."""
+    run_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _positive_int(self, "epochs")
+        _positive_int(self, "batch_size")
+        _positive_int(self, "accumulate")
+        _positive_int(self, "step_size")
+        _positive_int(self, "plateau_patience")
+        _non_negative_int(self, "num_workers")
+        _int(self, "seed")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be between 0 and 2**63-1, got {self.seed}")
+        _positive_float(self, "lr")
+        _non_negative_float(self, "weight_decay")
+        _non_negative_float(self, "momentum")
+        _positive_float(self, "gamma")
+        _positive_float(self, "log_interval")
+        _non_negative_float(self, "min_delta")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
+        if self.warmup < 0 or not math.isfinite(self.warmup):
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("grad_clip",):
+            if getattr(self, name) is not None:
+                _non_negative_float(self, name)
+                if getattr(self, name) == 0:
+                    setattr(self, name, None)
+        for name in ("patience", "max_steps", "threads", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                _non_negative_int(self, name) if name == "patience" else _positive_int(self, name)
+        if self.patience == 0:
+            self.patience = None
+        _choice(self, "optimizer", OPTIMIZERS)
+        _choice(self, "scheduler", SCHEDULERS)
+        _choice(self, "on_nan", ON_NAN)
+        _choice(self, "amp_dtype", AMP_DTYPES)
+        if self.nesterov and self.optimizer != "sgd":
+            raise ConfigError("--nesterov only applies to --optimizer sgd")
+        if not isinstance(self.device, str) or not self.device.strip():
+            raise ConfigError("--device must be auto, cpu, cuda, cuda:N or mps")
+        if not isinstance(self.preset, str) or not self.preset.strip():
+            raise ConfigError("--preset must name a preset")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        """Rebuild from a dict (config.json or a checkpoint); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _int(cfg: RunConfig, name: str) -> int:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"--{_flag(name)} must be an integer, got {value!r}")
+    return value
+
+
+def _positive_int(cfg: RunConfig, name: str) -> None:
+    if _int(cfg, name) <= 0:
+        raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(cfg, name)}")
+
+
+def _non_negative_int(cfg: RunConfig, name: str) -> None:
+    if _int(cfg, name) < 0:
+        raise ConfigError(f"--{_flag(name)} must be zero or a positive integer, got {getattr(cfg, name)}")
+
+
+def _float(cfg: RunConfig, name: str) -> float:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"--{_flag(name)} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"--{_flag(name)} must be a finite number, got {value}")
+    setattr(cfg, name, float(value))
+    return float(value)
+
+
+def _positive_float(cfg: RunConfig, name: str) -> None:
+    if _float(cfg, name) <= 0:
+        raise ConfigError(f"--{_flag(name)} must be a positive number, got {getattr(cfg, name):g}")
+
+
+def _non_negative_float(cfg: RunConfig, name: str) -> None:
+    if _float(cfg, name) < 0:
+        raise ConfigError(f"--{_flag(name)} must be zero or positive, got {getattr(cfg, name):g}")
+
+
+def _choice(cfg: RunConfig, name: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, name)
+    if value not in choices:
+        raise ConfigError(f"--{_flag(name)} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

@@ -1,0 +1,276 @@
+"""What comes out of the engine: frozen dataclasses, each one JSON line.
+
+The same events feed the dashboard (through the bounded EventBuffer) and
+metrics.jsonl, so a run directory alone can rebuild what a viewer saw.
+Per-step numbers travel in batches (StepStats, one per flush), never one
+event per step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """Strict JSON has no NaN/Infinity; a non-finite number is written as null."""
+    if value is None or math.isfinite(value):
+        return value
+    return None
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite_or_none(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base: every event knows the optimizer step and wall-clock time it happened at."""
+
+    step: int
+    t: float
+    """Unix time in seconds."""
+
+    name: ClassVar[str] = "event"
+    record_kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        body = _clean(asdict(self))
+        if self.record_kind == "event":
+            return {"kind": "event", "event": self.name, **body}
+        return {"kind": self.record_kind, **body}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":"))
+
+    def records(self) -> list[str]:
+        """The metrics.jsonl lines for this event (most events: exactly one)."""
+        return [self.to_json()]
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    name: ClassVar[str] = "started"
+    run_dir: str
+    preset: str
+    task: str
+    metric: str
+    device: str
+    device_name: str
+    config: dict[str, Any]
+    epoch: int
+    steps_per_epoch: int
+    total_steps: int
+    train_size: int
+    val_size: int
+    parameters: int
+    amp: str
+    """'off', 'float16' or 'bfloat16'."""
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class SchedulePreview(Event):
+    """The planned LR from this step to the end (thinned), times the user multiplier."""
+
+    name: ClassVar[str] = "schedule"
+    steps: list[int]
+    lrs: list[float]
+    multiplier: float
+
+    def records(self) -> list[str]:
+        return []  # recomputable from config.json; not worth the disk
+
+
+@dataclass(frozen=True)
+class StepStats(Event):
+    """Every optimizer step since the last flush, copied to the host in one go."""
+
+    record_kind: ClassVar[str] = "step"
+    epoch: int
+    steps: list[int]
+    loss: list[float]
+    lr: list[float]
+    grad_norm: list[float] | None
+    epoch_step: int
+    """Optimizer steps done in the current epoch."""
+    steps_per_epoch: int
+    steps_per_sec: float
+    samples_per_sec: float
+
+    def records(self) -> list[str]:
+        # Formatted by hand: this runs for every step and json.dumps is slower.
+        epoch, t = self.epoch, f"{self.t:.3f}"
+        norms = self.grad_norm
+        out = []
+        for i, step in enumerate(self.steps):
+            line = f'{{"kind":"step","step":{step},"epoch":{epoch},"t":{t},"loss":{_num(self.loss[i])},"lr":{_num(self.lr[i])}'
+            if norms is not None:
+                line += f',"grad_norm":{_num(norms[i])}'
+            out.append(line + "}")
+        return out
+
+
+def _num(value: float) -> str:
+    return repr(value) if math.isfinite(value) else "null"
+
+
+@dataclass(frozen=True)
+class EvalDone(Event):
+    record_kind: ClassVar[str] = "eval"
+    epoch: int
+    train_loss: float | None
+    train_metric: float | None
+    val_loss: float
+    val_metric: float
+    metric: str
+    lr: float
+    best_val_loss: float | None
+    best_epoch: int | None
+    improved: bool
+    patience_used: int
+    patience: int | None
+    epoch_end: bool
+    """True at the end of an epoch (a history.json row); False for 'evaluate now'."""
+
+    def to_dict(self) -> dict[str, Any]:
+        body = super().to_dict()
+        # The contract names accuracy val_acc; other metrics keep their own name.
+        body[f"val_{self.metric}"] = body["val_metric"]
+        body[f"train_{self.metric}"] = body["train_metric"]
+        return body
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    name: ClassVar[str] = "paused"
+    reason: str = "user"
+
+
+@dataclass(frozen=True)
+class Resumed(Event):
+    name: ClassVar[str] = "resumed"
+    paused_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class LRChanged(Event):
+    name: ClassVar[str] = "lr_changed"
+    old_lr: float
+    new_lr: float
+    multiplier: float
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    name: ClassVar[str] = "checkpoint"
+    path: str
+    bytes: int
+    reason: str
+    """'epoch', 'best', 'manual', 'stop', 'interrupt', 'end'."""
+
+
+@dataclass(frozen=True)
+class CheckpointFailed(Event):
+    name: ClassVar[str] = "checkpoint_failed"
+    path: str
+    error: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CommandRejected(Event):
+    name: ClassVar[str] = "rejected"
+    command: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class NonFinite(Event):
+    """A NaN/Inf loss was seen; `step` is the first bad optimizer step."""
+
+    name: ClassVar[str] = "nan"
+    action: str
+    """'stop', 'pause' or 'skip' (the --on-nan policy applied)."""
+    count: int = 1
+    rolled_back_to: int | None = None
+    """Step of the checkpoint the weights were restored from, if any."""
+
+
+@dataclass(frozen=True)
+class EarlyStop(Event):
+    name: ClassVar[str] = "early_stop"
+    epoch: int
+    patience: int
+    best_val_loss: float
+    best_epoch: int
+
+
+@dataclass(frozen=True)
+class Stopped(Event):
+    name: ClassVar[str] = "stopped"
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunEnded(Event):
+    """The last event of a run; `status` matches summary.json."""
+
+    name: ClassVar[str] = "ended"
+    status: str
+    """'finished', 'stopped', 'early_stopped', 'interrupted' or 'failed'."""
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunFailed(Event):
+    name: ClassVar[str] = "error"
+    error: str
+    traceback: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.name: cls
+    for cls in (RunStarted, SchedulePreview, Paused, Resumed, LRChanged, CheckpointSaved,
+                CheckpointFailed, CommandRejected, NonFinite, EarlyStop, Stopped, RunEnded, RunFailed)
+}
+
+
+class EventBuffer:
+    """Bounded, lock-free hand-off from the engine thread to a reader.
+
+    Appending never blocks the loop: when a reader falls behind, the oldest
+    events are dropped (and counted). Nothing is lost on disk, because the
+    engine writes metrics.jsonl itself.
+    """
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self._events: deque[Event] = deque(maxlen=maxlen)
+        self.dropped = 0
+
+    def put(self, event: Event) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.dropped += 1
+        self._events.append(event)
+
+    def drain(self) -> list[Event]:
+        """Everything pending, oldest first (safe from any thread)."""
+        out: list[Event] = []
+        pop = self._events.popleft
+        try:
+            while True:
+                out.append(pop())
+        except IndexError:
+            return out
+
+    def __len__(self) -> int:
+        return len(self._events)

@@ -1,0 +1,139 @@
+"""The run directory: everything a run leaves on disk, and the reader for it.
+
+    config.json  metrics.jsonl  history.json  summary.json  error.txt  checkpoints/
+
+metrics.jsonl is append-only. A resumed run appends a "started" record with
+resumed=true at the checkpoint's step; readers drop earlier step records past
+that step, since the run went back and redid them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .checkpoint import atomic_write_text
+
+
+class RunDirError(Exception):
+    """The run directory cannot be created or written; one line for the user."""
+
+
+def new_run_path(root: str | os.PathLike[str], preset_name: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{preset_name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self._metrics: IO[str] | None = None
+
+    # -- creation -----------------------------------------------------------
+    def create(self, *, resume: bool = False) -> "RunDir":
+        """Make the folders and prove we can write there, before any training."""
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise RunDirError(f"cannot write the run directory {self.path}: {exc.strerror or exc}") from None
+        if not resume and (self.path / "metrics.jsonl").exists():
+            raise RunDirError(f"{self.path} already holds a run; use --resume {self.path} to continue it, "
+                              "or choose another --run-dir")
+        return self
+
+    # -- files ----------------------------------------------------------------
+    def write_json(self, name: str, data: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+
+    def read_json(self, name: str, default: Any = None) -> Any:
+        try:
+            return json.loads((self.path / name).read_text())
+        except (OSError, ValueError):
+            return default
+
+    def write_error(self, text: str) -> None:
+        atomic_write_text(self.path / "error.txt", text)
+
+    # -- metrics.jsonl --------------------------------------------------------
+    def open_metrics(self) -> None:
+        path = self.path / "metrics.jsonl"
+        _drop_partial_last_line(path)
+        self._metrics = open(path, "a", encoding="utf-8", buffering=1 << 16)
+
+    def append(self, lines: list[str]) -> None:
+        if self._metrics is not None and lines:
+            self._metrics.write("\n".join(lines) + "\n")
+
+    def flush(self) -> None:
+        if self._metrics is not None:
+            self._metrics.flush()
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            try:
+                self._metrics.flush()
+                os.fsync(self._metrics.fileno())
+            except OSError:
+                pass
+            self._metrics.close()
+            self._metrics = None
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    """A crash can leave half a line at the end; cut it so new lines start clean."""
+    if not path.exists():
+        return
+    with open(path, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        chunk = min(size, 1 << 20)
+        f.seek(size - chunk)
+        tail = f.read(chunk)
+        cut = tail.rfind(b"\n")
+        f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+
+
+def read_metrics(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
+    """Every complete record of metrics.jsonl, skipping a torn or garbled line."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.endswith("\n"):
+                return  # the torn last line of a killed run
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def step_losses(path: str | os.PathLike[str]) -> dict[int, float | None]:
+    """step -> loss as the run finally went, honouring resume points."""
+    losses: dict[int, float | None] = {}
+    for record in read_metrics(path):
+        kind = record.get("kind")
+        if kind == "step":
+            losses[record["step"]] = record.get("loss")
+        elif kind == "event" and ((record.get("event") == "started" and record.get("resumed"))
+                                  or record.get("rolled_back_to") is not None):
+            start = record["step"] if record.get("event") == "started" else record["rolled_back_to"]
+            for s in [s for s in losses if s > start]:
+                del losses[s]
+    return losses

@@ -1,0 +1,698 @@
+"""Trainer.run(): the production training loop, steerable from another thread.
+
+The loop never waits for a viewer. Commands are polled once per optimizer
+step (a cheap queue check) and applied at that step boundary; every answer
+is an event that goes to the EventBuffer, to listeners and to metrics.jsonl.
+Losses stay on the device and are copied to the host once per flush
+(`log_interval` seconds): every .item() on a GPU is a sync that stalls it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from . import schedules
+from .batching import Batches, make_batches
+from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
+                       TogglePause)
+from .config import RunConfig
+from .devices import device_name, resolve_device
+from .events import (CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop, EvalDone, Event,
+                     EventBuffer, LRChanged, NonFinite, Paused, Resumed, RunEnded, RunFailed, RunStarted,
+                     SchedulePreview, StepStats, Stopped)
+from .rundir import RunDir
+from .seeding import capture_rng, restore_rng, seed_everything
+
+if TYPE_CHECKING:
+    from ..presets.base import Preset
+
+Listener = Callable[[Event], None]
+
+#: Models below this many parameters train faster on one intra-op thread
+#: (measured on the circles preset: see tests/perf/bench_engine.py), and
+#: that leaves a core for the dashboard.
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+@dataclass
+class RunResult:
+    status: str
+    """'finished', 'stopped', 'early_stopped', 'interrupted' or 'failed'."""
+    run_dir: Path
+    summary: dict[str, Any]
+    signal: int | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+
+@dataclass
+class _EpochTotals:
+    """Running sums for the epoch's train loss and metric (kept in checkpoints)."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    samples: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"loss_sum": self.loss_sum, "steps": self.steps, "samples": self.samples}
+
+
+class _Restart(Exception):
+    """Raised after a roll-back to re-enter the epoch loop from the restored position."""
+
+
+class _EndRun(Exception):
+    """Raised inside the loop to leave it with a final status."""
+
+    def __init__(self, status: str, reason: str, signal: int | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.signal = status, reason, signal
+
+
+@dataclass
+class _Pending:
+    """Per-step values waiting for the next flush (tensors stay on the device)."""
+
+    first_step: int = 0
+    losses: list[torch.Tensor] = field(default_factory=list)
+    norms: list[torch.Tensor] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+
+class Trainer:
+    """Builds a run from a config and a preset; `run()` trains it.
+
+    Construction does everything that can fail on bad input (device, data,
+    model, checkpoint fit) so the caller can report it before training.
+    """
+
+    def __init__(self, cfg: RunConfig, preset: Preset, run_dir: str | Path, *,
+                 resume: dict[str, Any] | None = None,
+                 events: EventBuffer | None = None,
+                 listeners: Iterable[Listener] = ()) -> None:
+        self.cfg = cfg
+        self.preset = preset
+        self.rundir = RunDir(run_dir)
+        self.commands = CommandQueue()
+        self.events = events if events is not None else EventBuffer()
+        self.listeners = list(listeners)
+        self.device = resolve_device(cfg.device)
+        self.classification = preset.task == "classification"
+
+        seed_everything(cfg.seed)
+        data = preset.make_data(cfg.seed)
+        self.train_batches: Batches = make_batches(
+            data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
+            drop_last=preset.drop_last, num_workers=cfg.num_workers)
+        self.val_batches: Batches = make_batches(
+            data.val, cfg.eval_batch_size or max(256, cfg.batch_size * 4), self.device, cfg.seed,
+            shuffle=False, num_workers=cfg.num_workers)
+        if self.train_batches.batches_per_epoch == 0:
+            raise ValueError(f"the training split has {self.train_batches.size} samples: "
+                             f"not one batch of {cfg.batch_size} with drop_last")
+        self.model: nn.Module = preset.make_model().to(self.device)
+        self.loss_fn = preset.loss()
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn = self.loss_fn.to(self.device)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+        self._set_threads()
+
+        self.steps_per_epoch = math.ceil(self.train_batches.batches_per_epoch / cfg.accumulate)
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        from .optimizers import build_optimizer
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.scheduler = schedules.build_scheduler(self.optimizer, cfg, self.total_steps)
+        self.granularity = schedules.GRANULARITY[cfg.scheduler]
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+        # Progress: `epoch` counts completed epochs; `batch_in_epoch` is the
+        # data-order position inside the current one.
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.multiplier = 1.0
+        self.best_val_loss = math.inf
+        self.best_epoch: int | None = None
+        self.bad_epochs = 0
+        self.totals = _EpochTotals()
+        self.history: list[dict[str, Any]] = []
+        self.last_eval: EvalDone | None = None
+        self.paused = False
+        self.resumed = resume is not None
+        self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._pending = _Pending()
+        self._skipped = 0
+        self._skipped_first: int | None = None
+        self._train_seconds = 0.0
+        self._session_steps = 0
+        self._session_samples = 0
+        self._window = (time.perf_counter(), 0, 0)  # (time, steps, samples) at the last flush
+        self._paused_total = 0.0
+        if resume is not None:
+            self.load_state(resume)
+
+    # -- setup helpers ---------------------------------------------------------
+    def _set_threads(self) -> None:
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
+        elif self.device.type == "cpu" and self.parameters < SMALL_MODEL_PARAMS:
+            torch.set_num_threads(1)
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        cfg, dev = self.cfg, self.device
+        enabled = cfg.amp if cfg.amp is not None else dev.type == "cuda"
+        if not enabled:
+            return None
+        if cfg.amp_dtype == "float16":
+            return torch.float16
+        if cfg.amp_dtype == "bfloat16":
+            return torch.bfloat16
+        if dev.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16  # CPU autocast supports bf16
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- state -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": ckpt.FORMAT,
+            "version": ckpt.VERSION,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler_state_dict": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "lr_multiplier": self.multiplier,
+            "best_val_loss": self.best_val_loss,
+            "best_epoch": -1 if self.best_epoch is None else self.best_epoch,
+            "early_stop_counter": self.bad_epochs,
+            "epoch_totals": {**self.totals.as_dict(), "correct": self._correct.cpu()},
+            "rng": capture_rng(),
+            "config": self.cfg.to_dict(),
+            "preset": self.preset.name,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint into this run; a mismatch is a CheckpointError."""
+        try:
+            self.model.load_state_dict(state["model_state_dict"], strict=True)
+        except RuntimeError as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise ckpt.CheckpointError(
+                f"the checkpoint does not fit preset {self.preset.name!r}'s model: {first}") from None
+        try:
+            self.optimizer.load_state_dict(state["optimizer_state_dict"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: {exc}") from None
+        sched_state = state["scheduler_state_dict"]
+        if (self.scheduler is None) != (not sched_state):
+            raise ckpt.CheckpointError("the checkpoint was saved with a different --scheduler")
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(sched_state)
+        if state["scaler_state_dict"]:
+            self.scaler.load_state_dict(state["scaler_state_dict"])
+        self.epoch = int(state["epoch"])
+        self.step = int(state["step"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.multiplier = float(state["lr_multiplier"])
+        self.best_val_loss = float(state["best_val_loss"])
+        self.best_epoch = None if int(state["best_epoch"]) < 0 else int(state["best_epoch"])
+        self.bad_epochs = int(state["early_stop_counter"])
+        totals = state["epoch_totals"]
+        self.totals = _EpochTotals(float(totals["loss_sum"]), int(totals["steps"]), int(totals["samples"]))
+        self._correct = totals["correct"].to(self.device)
+        restore_rng(state["rng"])
+        # The schedule's current LR lives in the optimizer's param groups,
+        # which load_state_dict restored; keep the scheduler's view in step.
+        if self.scheduler is not None and hasattr(self.scheduler, "_last_lr"):
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr
+
+    # -- events ----------------------------------------------------------------
+    def emit(self, event: Event) -> None:
+        self.events.put(event)
+        self.rundir.append(event.records())
+        for listener in self.listeners:
+            listener(event)
+
+    def _now(self) -> float:
+        return round(time.time(), 3)
+
+    # -- public entry ------------------------------------------------------------
+    def run(self) -> RunResult:
+        status, reason, signal, error, tb = "finished", "completed all epochs", None, None, None
+        self._start()
+        started = time.perf_counter()
+        try:
+            self._train()
+        except _EndRun as end:
+            status, reason, signal = end.status, str(end), end.signal
+        except Exception as exc:  # the user's model, data or loss raised
+            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+            error, tb = reason, traceback.format_exc()
+            self._safe(self._flush)
+            self.emit(RunFailed(self.step, self._now(), error=error, traceback=tb))
+            self._safe(lambda: self.rundir.write_error(tb))
+        self._train_seconds += time.perf_counter() - started - self._paused_total
+        summary = self._summary(status, reason, signal)
+        self._safe(lambda: self.rundir.write_json("summary.json", summary))
+        self.emit(RunEnded(self.step, self._now(), status=status, summary=summary))
+        self.rundir.close()
+        return RunResult(status, self.rundir.path, summary, signal, error, tb)
+
+    def _safe(self, action: Callable[[], Any]) -> None:
+        """Disk trouble while wrapping up must not hide the run's real outcome."""
+        try:
+            action()
+        except Exception:
+            pass
+
+    def _start(self) -> None:
+        self.rundir.create(resume=self.resumed)
+        self.rundir.write_json("config.json", self.cfg.to_dict())
+        if self.resumed:
+            self.history = [row for row in self.rundir.read_json("history.json", []) or []
+                            if row.get("epoch", 0) <= self.epoch]
+        self.rundir.open_metrics()
+        self.emit(RunStarted(
+            self.step, self._now(), run_dir=str(self.rundir.path), preset=self.preset.name,
+            task=self.preset.task, metric=self.preset.metric_name, device=str(self.device),
+            device_name=device_name(self.device), config=self.cfg.to_dict(), epoch=self.epoch,
+            steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
+            train_size=self.train_batches.size, val_size=self.val_batches.size,
+            parameters=self.parameters,
+            amp="off" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
+            resumed=self.resumed))
+        self._emit_preview()
+        self.rundir.flush()
+
+    def _emit_preview(self) -> None:
+        sched_lr = schedules.scheduled_lr(self.optimizer)
+        steps, lrs = schedules.preview(
+            self.cfg, self.optimizer, state=self.scheduler.state_dict() if self.scheduler is not None else None,
+            lr_now=sched_lr, step=self.step, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps, multiplier=self.multiplier)
+        self.emit(SchedulePreview(self.step, self._now(), steps=steps, lrs=lrs, multiplier=self.multiplier))
+
+    # -- the loop ----------------------------------------------------------------
+    def _train(self) -> None:
+        cfg = self.cfg
+        self.model.train()
+        if self.step >= self.total_steps and self.total_steps > 0 and self.epoch < cfg.epochs:
+            raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
+        while self.epoch < cfg.epochs:
+            try:
+                self._train_epoch()
+                self._end_epoch()
+            except _Restart:
+                continue
+        raise _EndRun("finished", f"completed {cfg.epochs} epochs")
+
+    def _train_epoch(self) -> None:
+        cfg = self.cfg
+        model, loss_fn, optimizer, scaler = self.model, self.loss_fn, self.optimizer, self.scaler
+        accumulate = cfg.accumulate
+        clip = cfg.grad_clip
+        per_step_schedule = self.granularity == "step" and self.scheduler is not None
+        skip_nonfinite = cfg.on_nan == "skip"
+        classification = self.classification
+        use_scaler = scaler.is_enabled()
+        pending = self._pending
+        commands = self.commands
+        nbatches = self.train_batches.batches_per_epoch
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        interval = cfg.log_interval
+        next_flush = time.perf_counter() + interval
+
+        b = self.batch_in_epoch
+        group = 0
+        group_loss: torch.Tensor | None = None
+        samples = 0
+        for x, y in self.train_batches.epoch(self.epoch, start=b):
+            with self._autocast():
+                out = model(x)
+                loss = loss_fn(out, y)
+            if accumulate > 1:
+                (scaler.scale(loss / accumulate) if use_scaler else loss / accumulate).backward()
+            else:
+                (scaler.scale(loss) if use_scaler else loss).backward()
+            detached = loss.detach()
+            group_loss = detached if group_loss is None else group_loss + detached
+            if classification:
+                self._correct += (out.detach().argmax(1) == y).sum()
+            samples += len(x)
+            group += 1
+            b += 1
+            if group < accumulate and b < nbatches:
+                continue
+
+            # -- one optimizer step -------------------------------------------
+            step_loss = group_loss / group if group > 1 else group_loss
+            if skip_nonfinite and not bool(torch.isfinite(step_loss)):
+                # --on-nan skip needs this host sync each step; stop/pause do not.
+                optimizer.zero_grad(set_to_none=True)
+                self._skipped += 1
+                self._skipped_first = self._skipped_first if self._skipped_first is not None else self.step + 1
+                if use_scaler:
+                    scaler.update()
+                group, group_loss = 0, None
+                self.batch_in_epoch = b
+                continue
+            if clip is not None:
+                if use_scaler:
+                    scaler.unscale_(optimizer)
+                pending.norms.append(torch.nn.utils.clip_grad_norm_(params, clip))
+            lr = optimizer.param_groups[0]["lr"]
+            if self.multiplier != 1.0:
+                # LR = schedule(step) x multiplier: apply the multiplier for this
+                # update only, so the scheduler keeps stepping its own curve.
+                for g in optimizer.param_groups:
+                    g["lr"] = g["lr"] * self.multiplier
+                self._optimizer_step(use_scaler)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["lr"] / self.multiplier
+                lr *= self.multiplier
+            else:
+                self._optimizer_step(use_scaler)
+            optimizer.zero_grad(set_to_none=True)
+
+            if not pending.losses:
+                pending.first_step = self.step + 1
+            pending.losses.append(step_loss)
+            pending.lrs.append(lr)
+            self.step += 1
+            self.batch_in_epoch = b
+            self._session_samples += samples
+            self.totals.samples += samples
+            samples = 0
+            group, group_loss = 0, None
+            if per_step_schedule and self.step <= self.total_steps:
+                self.scheduler.step()
+
+            # -- step boundary: commands, flush, limits ---------------------------
+            if commands.pending():
+                self._flush()
+                self._handle_commands()
+                next_flush = time.perf_counter() + interval
+            elif time.perf_counter() >= next_flush:
+                self._flush()
+                next_flush = time.perf_counter() + interval
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                self._flush()
+                self._finish_run("finished", f"reached --max-steps {cfg.max_steps}")
+        self._flush()
+
+    def _optimizer_step(self, use_scaler: bool) -> None:
+        if use_scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+
+    def _end_epoch(self) -> None:
+        """Evaluate, record history, step per-epoch schedules, save, maybe stop early."""
+        cfg = self.cfg
+        epoch_no = self.epoch + 1
+        ev = self._evaluate(epoch_end=True)
+        lr_used = schedules.scheduled_lr(self.optimizer) * self.multiplier
+        if self.scheduler is not None:
+            if self.granularity == "epoch":
+                self.scheduler.step()
+            elif self.granularity == "metric" and math.isfinite(ev.val_loss):
+                self.scheduler.step(ev.val_loss)
+        self.history.append({
+            "epoch": epoch_no, "step": self.step, "train_loss": ev.train_loss,
+            f"train_{ev.metric}": ev.train_metric, "val_loss": ev.val_loss,
+            f"val_{ev.metric}": ev.val_metric, "lr": lr_used,
+        })
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.totals = _EpochTotals()
+        self._correct.zero_()
+        if not math.isfinite(ev.val_loss):
+            self._non_finite(self.step, what="validation loss")
+        self._safe_save(self.rundir.checkpoints / "latest.pt", "epoch")
+        if ev.improved:
+            self._safe_save(self.rundir.checkpoints / "best.pt", "best")
+        self._safe(lambda: self.rundir.write_json("history.json", self.history))
+        if self.granularity in ("epoch", "metric"):
+            self._emit_preview()
+        self.rundir.flush()
+        if cfg.patience is not None and self.bad_epochs >= cfg.patience and self.epoch < cfg.epochs:
+            self.emit(EarlyStop(self.step, self._now(), epoch=epoch_no, patience=cfg.patience,
+                                best_val_loss=self.best_val_loss, best_epoch=self.best_epoch or 0))
+            raise _EndRun("early_stopped",
+                          f"no better validation loss for {cfg.patience} epochs (best {self.best_val_loss:.4g} "
+                          f"at epoch {self.best_epoch})")
+        self._handle_commands()
+
+    # -- evaluation ----------------------------------------------------------------
+    def _evaluate(self, *, epoch_end: bool) -> EvalDone:
+        model = self.model
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count = 0
+        elements = 0
+        try:
+            with torch.inference_mode(), self._autocast():
+                for x, y in self.val_batches.epoch(0):
+                    out = model(x)
+                    loss_sum += self.loss_fn(out, y).double() * len(x)
+                    if self.classification:
+                        metric_sum += (out.argmax(1) == y).sum()
+                    else:
+                        metric_sum += (out.float() - y.float()).abs().sum().double()
+                        elements += y.numel()
+                    count += len(x)
+            # One host copy for the whole evaluation (and the epoch's train accuracy).
+            val_loss, val_metric_sum, correct = torch.stack(
+                [loss_sum, metric_sum, self._correct.double()]).tolist()
+        finally:
+            if was_training:
+                model.train()
+        val_loss = val_loss / max(count, 1)
+        val_metric = val_metric_sum / max(count if self.classification else elements, 1)
+        train_loss = self.totals.loss_sum / self.totals.steps if self.totals.steps else None
+        train_metric = (correct / self.totals.samples
+                        if self.classification and self.totals.samples else None)
+        improved = False
+        if epoch_end:
+            if val_loss < self.best_val_loss - self.cfg.min_delta:
+                self.best_val_loss, self.best_epoch, self.bad_epochs, improved = val_loss, self.epoch + 1, 0, True
+            else:
+                self.bad_epochs += 1
+        ev = EvalDone(
+            self.step, self._now(), epoch=self.epoch + (1 if epoch_end else 0), train_loss=train_loss,
+            train_metric=train_metric, val_loss=val_loss, val_metric=val_metric,
+            metric=self.preset.metric_name,
+            lr=schedules.scheduled_lr(self.optimizer) * self.multiplier,
+            best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            best_epoch=self.best_epoch, improved=improved, patience_used=self.bad_epochs,
+            patience=self.cfg.patience, epoch_end=epoch_end)
+        self.last_eval = ev
+        self.emit(ev)
+        return ev
+
+    # -- flushing ------------------------------------------------------------------
+    def _flush(self) -> None:
+        pending = self._pending
+        if self._skipped:
+            self.emit(NonFinite(self._skipped_first or self.step, self._now(), action="skip",
+                                count=self._skipped))
+            self._skipped, self._skipped_first = 0, None
+        if pending.losses:
+            n = len(pending.losses)
+            # The one host copy per flush: losses and grad norms together.
+            values = torch.stack([v.float() for v in pending.losses + pending.norms]).tolist()
+            losses, norms = values[:n], (values[n:] if pending.norms else None)
+            steps = list(range(pending.first_step, pending.first_step + n))
+            now = time.perf_counter()
+            t0, steps0, samples0 = self._window
+            elapsed = max(now - t0, 1e-9)
+            self._session_steps += n
+            rate = (self._session_steps - steps0) / elapsed
+            sample_rate = (self._session_samples - samples0) / elapsed
+            self._window = (now, self._session_steps, self._session_samples)
+            lrs = pending.lrs
+            self._pending = _Pending()
+            bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+            finite = losses if bad is None else [v for v in losses if math.isfinite(v)]
+            self.totals.loss_sum += math.fsum(finite)
+            self.totals.steps += len(finite)
+            self.emit(StepStats(
+                steps[-1], self._now(), epoch=self.epoch + 1, steps=steps, loss=losses, lr=lrs,
+                grad_norm=norms, epoch_step=math.ceil(self.batch_in_epoch / self.cfg.accumulate),
+                steps_per_epoch=self.steps_per_epoch, steps_per_sec=rate, samples_per_sec=sample_rate))
+            if bad is not None:
+                self._non_finite(steps[bad], what="training loss")
+        self.rundir.flush()
+
+    def _non_finite(self, step: int, *, what: str) -> None:
+        action = self.cfg.on_nan
+        if action == "skip" and what == "validation loss":
+            action = "stop"  # nothing to skip: the weights themselves are bad
+        if action == "pause":
+            rolled = self._roll_back()
+            self.emit(NonFinite(step, self._now(), action="pause", rolled_back_to=rolled))
+            self.paused = True
+            self._pause_loop(reason="nan")
+            if rolled is not None:
+                raise _Restart()
+            return
+        self.emit(NonFinite(step, self._now(), action="stop"))
+        latest = self.rundir.checkpoints / "latest.pt"
+        keep = f"; the last good checkpoint is {latest}" if latest.exists() else ""
+        raise _EndRun("failed", f"{what} became non-finite at step {step} (--on-nan {self.cfg.on_nan}){keep}")
+
+    def _roll_back(self) -> int | None:
+        """Reload latest.pt after a NaN so that resuming continues from good weights."""
+        latest = self.rundir.checkpoints / "latest.pt"
+        if not latest.exists():
+            return None
+        try:
+            state = ckpt.load(latest)
+            self.load_state(state)
+        except ckpt.CheckpointError:
+            return None
+        self._pending = _Pending()
+        self.history = [row for row in self.history if row["epoch"] <= self.epoch]
+        return self.step
+
+    # -- commands ------------------------------------------------------------------
+    def _handle_commands(self) -> None:
+        while True:
+            command = self.commands.get_nowait()
+            if command is None:
+                break
+            self._apply(command)
+        if self.paused:
+            self._pause_loop(reason="user")
+
+    def _apply(self, command: Command) -> None:
+        now = self._now()
+        if isinstance(command, TogglePause):
+            command = Resume() if self.paused else Pause()
+        if isinstance(command, Pause):
+            if self.paused:
+                self.emit(CommandRejected(self.step, now, command="pause", reason="already paused"))
+            else:
+                self.paused = True  # the pause loop emits Paused
+        elif isinstance(command, Resume):
+            if not self.paused:
+                self.emit(CommandRejected(self.step, now, command="resume", reason="not paused"))
+            else:
+                self.paused = False
+        elif isinstance(command, SetLR):
+            self._set_lr(command.lr)
+        elif isinstance(command, SaveCheckpoint):
+            self._safe_save(self.rundir.checkpoints / f"step-{self.step}.pt", "manual")
+        elif isinstance(command, Evaluate):
+            self._evaluate(epoch_end=False)
+        elif isinstance(command, Stop):
+            if command.signal is not None:
+                self._finish_run("interrupted", command.reason, signal=command.signal)
+            self._finish_run("stopped", command.reason)
+        else:
+            self.emit(CommandRejected(self.step, now, command=getattr(command, "name", type(command).__name__),
+                                      reason="unknown command"))
+
+    def _set_lr(self, lr: Any) -> None:
+        now = self._now()
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            self.emit(CommandRejected(self.step, now, command="set_lr",
+                                      reason=f"the learning rate must be a positive finite number, got {lr!r}"))
+            return
+        sched_lr = schedules.scheduled_lr(self.optimizer)
+        if sched_lr <= 0:
+            self.emit(CommandRejected(self.step, now, command="set_lr",
+                                      reason="the schedule is at zero here, so it cannot be scaled"))
+            return
+        old = sched_lr * self.multiplier
+        self.multiplier = float(lr) / sched_lr
+        self.emit(LRChanged(self.step, now, old_lr=old, new_lr=float(lr), multiplier=self.multiplier))
+        self._emit_preview()
+
+    def _pause_loop(self, *, reason: str) -> None:
+        """Wait for commands while paused; the run's clock stops."""
+        paused_at = time.perf_counter()
+        self.emit(Paused(self.step, self._now(), reason=reason))
+        self.rundir.flush()
+        try:
+            while self.paused:
+                command = self.commands.get(timeout=self.cfg.log_interval)
+                if command is not None:
+                    self._apply(command)
+                self.rundir.flush()
+        finally:
+            paused = time.perf_counter() - paused_at
+            self._paused_total += paused
+            self._window = (self._window[0] + paused, *self._window[1:])
+        self.emit(Resumed(self.step, self._now(), paused_seconds=round(paused, 3)))
+
+    # -- ending --------------------------------------------------------------------
+    def _finish_run(self, status: str, reason: str, signal: int | None = None) -> None:
+        """Stop at this step boundary: evaluate (unless a signal is waiting), save, leave the loop."""
+        self._flush()
+        if signal is None:
+            self._evaluate(epoch_end=False)
+        self.emit(Stopped(self.step, self._now(), reason=reason))
+        self._safe_save(self.rundir.checkpoints / "latest.pt",
+                        "interrupt" if signal is not None else ("end" if status == "finished" else "stop"))
+        raise _EndRun(status, reason, signal)
+
+    def _safe_save(self, path: Path, reason: str) -> None:
+        """Save a checkpoint; a failure (full disk, read-only dir) is reported, and the run goes on."""
+        try:
+            size = ckpt.save(self.state_dict(), path)
+        except (OSError, RuntimeError) as exc:
+            self.emit(CheckpointFailed(self.step, self._now(), path=str(path),
+                                       error=f"{type(exc).__name__}: {exc}", reason=reason))
+            return
+        self.emit(CheckpointSaved(self.step, self._now(), path=str(path), bytes=size, reason=reason))
+
+    def _summary(self, status: str, reason: str, signal: int | None) -> dict[str, Any]:
+        seconds = max(self._train_seconds, 1e-9)
+        last = self.last_eval
+        final = None
+        if last is not None:
+            final = {"epoch": last.epoch, "step": last.step, "train_loss": last.train_loss,
+                     f"train_{last.metric}": last.train_metric, "val_loss": last.val_loss,
+                     f"val_{last.metric}": last.val_metric}
+        return {
+            "status": status,
+            "reason": reason,
+            "preset": self.preset.name,
+            "device": str(self.device),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            "best_epoch": self.best_epoch,
+            "final": final,
+            "train_seconds": round(self._train_seconds, 3),
+            "steps_per_sec": round(self._session_steps / seconds, 2),
+            "samples_per_sec": round(self._session_samples / seconds, 2),
+            "signal": signal,
+            "run_dir": str(self.rundir.path),
+        }
