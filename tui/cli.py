@@ -1,0 +1,278 @@
+"""`tuitrain`: parse the command line, set up the run, pick dashboard or headless.
+
+Exit status (DESIGN.md): 0 finished or stopped on purpose; 1 the run failed;
+2 bad usage or input, reported in one line before any training; 128+signal
+after SIGINT/SIGTERM/SIGHUP, each after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: Flags that may be given with --resume: they do not change what was trained.
+RESUME_FLAGS = {"epochs", "max_steps", "patience", "device", "on_nan", "threads", "num_workers", "run_dir"}
+
+
+class UsageError(Exception):
+    """Bad usage or input: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one clear line instead of usage + line
+        raise UsageError(f"{message} (see tuitrain --help)")
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tuitrain.engine.config import AMP_DTYPES, ON_NAN, OPTIMIZERS, SCHEDULERS
+
+    p = _Parser(
+        prog="tuitrain",
+        description="Train a PyTorch model and watch and steer the run from the terminal.",
+        argument_default=argparse.SUPPRESS,
+        epilog="Exit status: 0 finished or stopped, 1 run failed, 2 bad input, 128+N after signal N.",
+    )
+    what = p.add_argument_group("what to run")
+    what.add_argument("--preset", metavar="SPEC",
+                      help="built-in preset name, a path to your .py file, or package.module:attr")
+    what.add_argument("--resume", metavar="PATH",
+                      help="continue a run: its directory (from checkpoints/latest.pt) or a .pt file")
+    what.add_argument("--list-presets", action="store_true", help="list the built-in presets and exit")
+    what.add_argument("--headless", action="store_true",
+                      help="plain text output (also chosen when stdout is not a terminal)")
+    what.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/<preset>-<time>)")
+
+    o = p.add_argument_group("overrides (defaults come from the preset)")
+    o.add_argument("--epochs", type=_integer)
+    o.add_argument("--lr", type=_number, help="learning rate (peak LR for onecycle/warmup-cosine)")
+    o.add_argument("--batch-size", type=_integer)
+    o.add_argument("--optimizer", choices=OPTIMIZERS)
+    o.add_argument("--momentum", type=_number, help="SGD momentum")
+    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
+    o.add_argument("--weight-decay", type=_number)
+    o.add_argument("--scheduler", choices=SCHEDULERS)
+    o.add_argument("--warmup", type=_number, help="warmup-cosine: fraction of steps (or steps if >= 1)")
+    o.add_argument("--grad-clip", type=_number, help="clip the gradient norm to this (0: off)")
+    o.add_argument("--accumulate", type=_integer, help="optimizer step every K batches")
+    o.add_argument("--amp", action=argparse.BooleanOptionalAction,
+                   help="mixed precision (default: on for CUDA, off otherwise)")
+    o.add_argument("--amp-dtype", choices=AMP_DTYPES)
+    o.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    o.add_argument("--seed", type=_integer)
+    o.add_argument("--patience", type=_integer, help="early stopping after N epochs without improvement (0: off)")
+    o.add_argument("--max-steps", type=_integer, help="stop after this many optimizer steps")
+    o.add_argument("--on-nan", choices=ON_NAN, help="what a non-finite loss does (default stop)")
+    o.add_argument("--threads", type=_integer, help="CPU threads for torch (default: 1 for small models)")
+    o.add_argument("--num-workers", type=_integer, help="DataLoader workers for non-tensor datasets")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as exc:
+        print(f"tuitrain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _main(argv: list[str]) -> int:
+    args = vars(build_parser().parse_args(argv))
+    if args.pop("list_presets", False):
+        return _list_presets()
+    headless = args.pop("headless", False) or not sys.stdout.isatty()
+    preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
+    if preset_spec is not None and resume is not None:
+        raise UsageError("give either --preset or --resume, not both")
+    if preset_spec is None and resume is None:
+        raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
+
+    run = _prepare(preset_spec, resume, args)
+    if headless:
+        from tuitrain.tui.headless import run_headless
+        return run_headless(run)
+    from tuitrain.tui.dashboard_entry import run_dashboard
+    return run_dashboard(run)
+
+
+def _list_presets() -> int:
+    from tuitrain.presets import BUILTIN
+
+    width = max(len(name) for name in BUILTIN)
+    for name, preset in BUILTIN.items():
+        print(f"{name:<{width}}  {preset.description}")
+    print("\nYour own: tuitrain --preset ./my_experiment.py (or package.module:attr); see the README.")
+    return EXIT_OK
+
+
+def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
+    """Everything that can fail on bad input, done before any training (exit 2)."""
+    from tuitrain.engine import checkpoint as ckpt
+    from tuitrain.engine.config import ConfigError, RunConfig
+    from tuitrain.engine.devices import DeviceError, resolve_device
+    from tuitrain.engine.rundir import RunDir, RunDirError, new_run_path
+    from tuitrain.presets import PresetError, load_preset
+    from tuitrain.presets.loader import preset_name_for_rundir
+
+    state = None
+    try:
+        if resume is not None:
+            state, run_dir = _load_resume(resume, overrides, ckpt)
+            cfg = RunConfig.from_dict(state["config"])
+            changes = {k: v for k, v in overrides.items() if k != "run_dir"}
+            if "epochs" in changes and cfg.scheduler in ("onecycle", "warmup-cosine"):
+                raise UsageError(f"--epochs cannot change on resume with --scheduler {cfg.scheduler}: "
+                                 "its plan is fixed to the original length")
+            cfg = cfg.replace(**changes)
+            preset = load_preset(cfg.preset)
+            if state["preset"] != preset.name:
+                raise UsageError(f"the checkpoint is from preset {state['preset']!r}, "
+                                 f"but {cfg.preset!r} is {preset.name!r}")
+        else:
+            assert preset_spec is not None
+            preset = load_preset(preset_spec)
+            spec = str(Path(preset_spec).resolve()) if preset_spec.endswith(".py") else preset_spec
+            merged = {**preset.defaults, **overrides, "preset": spec}
+            try:
+                cfg = RunConfig(**merged)
+            except TypeError as exc:
+                raise UsageError(f"preset {preset.name!r} sets an unknown option in its defaults: {exc}") from None
+            run_dir = Path(overrides["run_dir"]) if "run_dir" in overrides else new_run_path(
+                "runs", preset_name_for_rundir(preset_spec, preset))
+        cfg = cfg.replace(run_dir=str(run_dir))
+        resolve_device(cfg.device)
+        existed = run_dir.exists()
+        RunDir(run_dir).create(resume=resume is not None and run_dir.is_dir() and Path(resume).is_dir())
+    except (ConfigError, PresetError, DeviceError, RunDirError, ckpt.CheckpointError) as exc:
+        raise UsageError(str(exc)) from None
+    return PreparedRun(cfg, preset, run_dir, state, created=not existed)
+
+
+def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dict[str, Any], Path]:
+    path = Path(resume)
+    extra = sorted(set(overrides) - RESUME_FLAGS)
+    if extra:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+        raise UsageError(f"{flags} cannot be changed when resuming (the run continues as saved); "
+                         f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_FLAGS))}")
+    if path.is_dir():
+        if "run_dir" in overrides:
+            raise UsageError("--run-dir cannot be used when resuming a run directory (it continues there)")
+        latest = path / "checkpoints" / "latest.pt"
+        if not latest.exists():
+            raise UsageError(f"no checkpoint to resume in {path} ({latest} is missing)")
+        return ckpt.load(latest), path
+    if not path.exists():
+        raise UsageError(f"--resume: no such run directory or checkpoint: {path}")
+    state = ckpt.load(path)
+    from tuitrain.engine.rundir import new_run_path
+    from tuitrain.presets.loader import preset_name_for_rundir
+
+    name = state.get("preset", "run")
+    run_dir = Path(overrides["run_dir"]) if "run_dir" in overrides else new_run_path(
+        "runs", preset_name_for_rundir(str(name), None))
+    return state, run_dir
+
+
+class PreparedRun:
+    """A validated run, ready to build: config, preset, run directory, resume state."""
+
+    def __init__(self, cfg: Any, preset: Any, run_dir: Path, state: dict[str, Any] | None,
+                 created: bool) -> None:
+        self.cfg, self.preset, self.run_dir, self.state, self.created = cfg, preset, run_dir, state, created
+
+    def build(self, **trainer_kwargs: Any) -> Any:
+        """Build the Trainer; a checkpoint that does not fit is exit 2, a crash in preset code exit 1."""
+        from tuitrain.engine import checkpoint as ckpt
+        from tuitrain.engine.config import ConfigError
+        from tuitrain.engine.trainer import Trainer
+
+        try:
+            return Trainer(self.cfg, self.preset, self.run_dir, resume=self.state, **trainer_kwargs)
+        except (ckpt.CheckpointError, ConfigError) as exc:
+            self.discard()
+            raise UsageError(str(exc)) from None
+
+    def discard(self) -> None:
+        """Remove a run directory we created if nothing was written into it."""
+        if self.created and self.run_dir.is_dir():
+            leftovers = [p for p in self.run_dir.rglob("*") if p.is_file()]
+            if not leftovers:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+class SignalRelay:
+    """Turns SIGINT/SIGTERM/SIGHUP into a Stop command (checkpoint, then exit 128+N).
+
+    A second signal of the same kind kills the process at once. A signal the
+    parent set to be ignored (nohup ignores SIGHUP) stays ignored.
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
+
+    def __init__(self, commands: Any) -> None:
+        self.commands = commands
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "SignalRelay":
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN:
+                continue
+            self._previous[sig] = current
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        from tuitrain.engine.commands import Stop
+
+        if self.received == signum:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def exit_code(result: Any) -> int:
+    if result.status == "interrupted" and result.signal:
+        return 128 + int(result.signal)
+    if result.status == "failed":
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

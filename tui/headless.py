@@ -1,0 +1,163 @@
+"""Plain-text reporting for runs without a terminal (nohup, CI, pipes).
+
+The trainer runs in the main thread and calls the reporter for each event;
+it prints one line per epoch and the notable interventions, never per step.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tuitrain.engine import events as ev
+from tuitrain.engine.checkpoint import size_text
+
+if TYPE_CHECKING:
+    from tuitrain.tui.cli import PreparedRun
+
+
+class HeadlessReporter:
+    """Formats engine events as lines; stops printing (not training) if the output goes away."""
+
+    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.out, self.err = out, err
+        self.metric = "acc"
+        self._epoch_started = time.perf_counter()
+        self._epoch_step = 0
+        self._paused_at: float | None = None
+        self._paused = 0.0
+
+    def __call__(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def _print(self, text: str, *, err: bool = False) -> None:
+        stream = self.err if err else self.out
+        try:
+            print(text, file=stream, flush=True)
+        except (OSError, ValueError):  # closed pipe or file: keep training regardless
+            pass
+
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        self.metric = e.metric
+        self._epoch_started = time.perf_counter()
+        self._epoch_step = e.step
+        verb = f"resuming at step {e.step} (epoch {e.epoch + 1})" if e.resumed else "training"
+        amp = "" if e.amp == "off" else f" | amp {e.amp}"
+        self._print(f"tuitrain: {verb} {e.preset} on {e.device_name}{amp} | {e.train_size:,} train / "
+                    f"{e.val_size:,} val | {e.steps_per_epoch} steps/epoch x {e.config['epochs']} epochs | "
+                    f"{e.parameters:,} parameters")
+        self._print(f"run dir: {e.run_dir}")
+
+    def _on_EvalDone(self, e: ev.EvalDone) -> None:
+        if not e.epoch_end:
+            self._print(f"eval    step {e.step} | val {e.val_loss:.4f} | {e.metric} {e.val_metric:.4f}")
+            return
+        now = time.perf_counter()
+        elapsed = max(now - self._epoch_started - self._paused, 1e-9)
+        rate = (e.step - self._epoch_step) / elapsed
+        self._epoch_started, self._epoch_step, self._paused = now, e.step, 0.0
+        train = "   n/a" if e.train_loss is None else f"{e.train_loss:.4f}"
+        best = " *" if e.improved else ""
+        self._print(f"epoch {e.epoch:>3} | lr {e.lr:.2e} | train {train} | val {e.val_loss:.4f} | "
+                    f"{e.metric} {e.val_metric:.4f} | {rate:,.0f} steps/s{best}")
+
+    def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
+        self._print(f"warning: could not save {e.path}: {e.error} (the previous checkpoint is intact)", err=True)
+
+    def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
+        if e.reason in ("manual", "stop", "interrupt"):
+            self._print(f"saved {e.path} ({size_text(e.bytes)})")
+
+    def _on_NonFinite(self, e: ev.NonFinite) -> None:
+        what = {"stop": "stopping", "pause": "pausing", "skip": f"skipped {e.count} update(s)"}[e.action]
+        self._print(f"warning: non-finite loss at step {e.step}; {what}", err=True)
+
+    def _on_Paused(self, e: ev.Paused) -> None:
+        self._paused_at = time.perf_counter()
+        self._print(f"paused at step {e.step}")
+
+    def _on_Resumed(self, e: ev.Resumed) -> None:
+        if self._paused_at is not None:
+            self._paused += time.perf_counter() - self._paused_at
+            self._paused_at = None
+        self._print(f"resumed at step {e.step}")
+
+    def _on_LRChanged(self, e: ev.LRChanged) -> None:
+        self._print(f"lr {e.old_lr:.2e} -> {e.new_lr:.2e} at step {e.step}")
+
+    def _on_CommandRejected(self, e: ev.CommandRejected) -> None:
+        self._print(f"{e.command} rejected: {e.reason}", err=True)
+
+    def _on_EarlyStop(self, e: ev.EarlyStop) -> None:
+        self._print(f"early stop after epoch {e.epoch}: no improvement for {e.patience} epochs "
+                    f"(best val {e.best_val_loss:.4f} at epoch {e.best_epoch})")
+
+    def _on_Stopped(self, e: ev.Stopped) -> None:
+        self._print(f"stopping at step {e.step}: {e.reason}")
+
+    def _on_RunFailed(self, e: ev.RunFailed) -> None:
+        self._print(e.traceback.rstrip(), err=True)
+
+    def _on_RunEnded(self, e: ev.RunEnded) -> None:
+        s = e.summary
+        line = (f"{e.status}: {s['epochs']} epochs, {s['steps']} steps in {s['train_seconds']:.1f} s "
+                f"({s['steps_per_sec']:,.0f} steps/s)")
+        if s.get("best_val_loss") is not None:
+            line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
+        final = s.get("final") or {}
+        metric = final.get(f"val_{self.metric}")
+        if metric is not None:
+            line += f" | val {self.metric} {metric:.4f}"
+        self._print(line, err=e.status == "failed")
+        if e.status == "failed":
+            self._print(f"error: {s['reason']} (details in {s['run_dir']}/error.txt)"
+                        if "error.txt" not in s["reason"] else f"error: {s['reason']}", err=True)
+        self._print(f"run dir: {s['run_dir']}")
+
+
+def run_headless(run: "PreparedRun") -> int:
+    from tuitrain.tui.cli import SignalRelay, exit_code
+
+    reporter = HeadlessReporter()
+    trainer = build_or_fail(run, listeners=[reporter])
+    if isinstance(trainer, int):
+        return trainer
+    relay = SignalRelay(trainer.commands).install()
+    try:
+        result = trainer.run()
+    finally:
+        relay.restore()
+    return exit_code(result)
+
+
+def build_or_fail(run: "PreparedRun", **kwargs: Any) -> Any:
+    """Build the trainer; a crash in the preset's own code is a failed run (exit 1), on record."""
+    import traceback
+
+    from tuitrain.tui.cli import EXIT_FAILED
+
+    try:
+        return run.build(**kwargs)
+    except Exception as exc:
+        from tuitrain.tui.cli import UsageError
+
+        if isinstance(exc, UsageError):
+            raise
+        tb = traceback.format_exc()
+        print(tb.rstrip(), file=sys.stderr)
+        from tuitrain.engine.rundir import RunDir
+
+        rundir = RunDir(run.run_dir)
+        try:
+            rundir.write_error(tb)
+            rundir.write_json("summary.json", {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
+                                               "preset": run.preset.name, "steps": 0, "epochs": 0,
+                                               "run_dir": str(run.run_dir)})
+        except OSError:
+            pass
+        print(f"tuitrain: the preset failed while building its data or model: {type(exc).__name__}: {exc} "
+              f"(details in {run.run_dir}/error.txt)", file=sys.stderr)
+        return EXIT_FAILED
