@@ -95,14 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+    # Installed first: a signal during the slow torch import or set-up ends
+    # the process cleanly; once training runs, it becomes a Stop command.
+    relay = SignalRelay().install()
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(list(sys.argv[1:] if argv is None else argv), relay)
     except UsageError as exc:
         print(f"tuitrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Interrupted as exc:
+        print(f"tuitrain: {signal.Signals(exc.signum).name} before training started; nothing to save",
+              file=sys.stderr)
+        return 128 + exc.signum
+    finally:
+        relay.restore()
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], relay: "SignalRelay") -> int:
     args = vars(build_parser().parse_args(argv))
     if args.pop("list_presets", False):
         return _list_presets()
@@ -116,9 +125,9 @@ def _main(argv: list[str]) -> int:
     run = _prepare(preset_spec, resume, args)
     if headless:
         from tuitrain.tui.headless import run_headless
-        return run_headless(run)
+        return run_headless(run, relay)
     from tuitrain.tui.dashboard_entry import run_dashboard
-    return run_dashboard(run)
+    return run_dashboard(run, relay)
 
 
 def _list_presets() -> int:
@@ -146,7 +155,7 @@ def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, A
             state, run_dir = _load_resume(resume, overrides, ckpt)
             cfg = RunConfig.from_dict(state["config"])
             changes = {k: v for k, v in overrides.items() if k != "run_dir"}
-            if "epochs" in changes and cfg.scheduler in ("onecycle", "warmup-cosine"):
+            if "epochs" in changes and cfg.scheduler in ("cosine", "onecycle", "warmup-cosine"):
                 raise UsageError(f"--epochs cannot change on resume with --scheduler {cfg.scheduler}: "
                                  "its plan is fixed to the original length")
             cfg = cfg.replace(**changes)
@@ -227,16 +236,25 @@ class PreparedRun:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
+class Interrupted(BaseException):
+    """A signal arrived before there was a run to stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class SignalRelay:
     """Turns SIGINT/SIGTERM/SIGHUP into a Stop command (checkpoint, then exit 128+N).
 
-    A second signal of the same kind kills the process at once. A signal the
-    parent set to be ignored (nohup ignores SIGHUP) stays ignored.
+    Before a trainer is attached, a signal raises Interrupted. A second signal
+    of the same kind kills the process at once. A signal the parent set to be
+    ignored (nohup ignores SIGHUP) stays ignored.
     """
 
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
 
-    def __init__(self, commands: Any) -> None:
+    def __init__(self, commands: Any = None) -> None:
         self.commands = commands
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
@@ -253,6 +271,8 @@ class SignalRelay:
     def _handle(self, signum: int, frame: Any) -> None:
         from tuitrain.engine.commands import Stop
 
+        if self.commands is None:
+            raise Interrupted(signum)
         if self.received == signum:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)

@@ -11,16 +11,16 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tuitrain.tui.cli import PreparedRun
+    from tuitrain.tui.cli import PreparedRun, SignalRelay
 
 
-def run_dashboard(run: "PreparedRun") -> int:
+def run_dashboard(run: "PreparedRun", relay: "SignalRelay") -> int:
     if importlib.util.find_spec("tuitrain.tui.app") is None:
         from tuitrain.tui.headless import run_headless
 
         print("tuitrain: the live dashboard is not part of this build yet; showing plain text output",
               file=sys.stderr)
-        return run_headless(run)
+        return run_headless(run, relay)
     from tuitrain.tui.app import run_app
 
-    return run_app(run)
+    return run_app(run, relay)

@@ -14,7 +14,7 @@ from tuitrain.engine import events as ev
 from tuitrain.engine.checkpoint import size_text
 
 if TYPE_CHECKING:
-    from tuitrain.tui.cli import PreparedRun
+    from tuitrain.tui.cli import PreparedRun, SignalRelay
 
 
 class HeadlessReporter:
@@ -118,19 +118,15 @@ class HeadlessReporter:
         self._print(f"run dir: {s['run_dir']}")
 
 
-def run_headless(run: "PreparedRun") -> int:
-    from tuitrain.tui.cli import SignalRelay, exit_code
+def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
+    from tuitrain.tui.cli import exit_code
 
     reporter = HeadlessReporter()
     trainer = build_or_fail(run, listeners=[reporter])
     if isinstance(trainer, int):
         return trainer
-    relay = SignalRelay(trainer.commands).install()
-    try:
-        result = trainer.run()
-    finally:
-        relay.restore()
-    return exit_code(result)
+    relay.commands = trainer.commands
+    return exit_code(trainer.run())
 
 
 def build_or_fail(run: "PreparedRun", **kwargs: Any) -> Any:
