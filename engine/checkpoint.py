@@ -11,8 +11,12 @@ refused, never executed), and leftover or missing keys are an error.
 
 from __future__ import annotations
 
+import io
 import os
+import queue
 import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +84,90 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def save(state: dict[str, Any], path: Path) -> int:
-    """Write a checkpoint dict atomically; returns its size in bytes."""
+    """Write a checkpoint dict atomically (synchronously); returns its size in bytes."""
+    data = serialize(state)
+    return atomic_write_bytes(Path(path), lambda f: f.write(data))
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    """The checkpoint's bytes: taken on the training thread, so they are this step's weights."""
     missing = KEYS - set(state)
     if missing:
         raise ValueError(f"checkpoint state lacks {sorted(missing)}")
-    return atomic_write_bytes(Path(path), lambda f: torch.save(state, f))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    path: Path
+    step: int
+    reason: str
+    size: int = 0
+    error: str | None = None
+
+
+class CheckpointWriter:
+    """Writes serialized checkpoints on a background thread.
+
+    The file write and fsync cost milliseconds a checkpoint, which is a large
+    share of an epoch for a small model; the loop only pays for serializing.
+    Writes happen in submission order; results are collected by the loop,
+    which turns them into events on its own thread.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[bytes, list[Path], int, str] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[SaveResult] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, data: bytes, paths: list[Path], step: int, reason: str) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="tuitrain-checkpoints", daemon=True)
+            self._thread.start()
+        with self._lock:
+            self._pending += 1
+        self._jobs.put((data, paths, step, reason))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            data, paths, step, reason = job
+            for path in paths:
+                try:
+                    size = atomic_write_bytes(path, lambda f: f.write(data))
+                    self._done.put(SaveResult(path, step, reason, size=size))
+                except Exception as exc:  # full disk, read-only folder, ...
+                    self._done.put(SaveResult(path, step, reason, error=f"{type(exc).__name__}: {exc}"))
+            with self._lock:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def completed(self) -> list[SaveResult]:
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted write is on disk (or failed)."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout)
+
+    def close(self) -> None:
+        self.wait()
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -87,6 +87,8 @@ class _Pending:
     losses: list[torch.Tensor] = field(default_factory=list)
     norms: list[torch.Tensor] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
+    preds: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
 
 
 class Trainer:
@@ -155,6 +157,7 @@ class Trainer:
         self.resumed = resume is not None
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._pending = _Pending()
+        self._writer = ckpt.CheckpointWriter()
         self._skipped = 0
         self._skipped_first: int | None = None
         self._train_seconds = 0.0
@@ -273,6 +276,8 @@ class Trainer:
             self._safe(self._flush)
             self.emit(RunFailed(self.step, self._now(), error=error, traceback=tb))
             self._safe(lambda: self.rundir.write_error(tb))
+        self._writer.close()  # every checkpoint on disk before the summary says so
+        self._collect_saves()
         self._train_seconds += time.perf_counter() - started - self._paused_total
         summary = self._summary(status, reason, signal)
         self._safe(lambda: self.rundir.write_json("summary.json", summary))
@@ -359,7 +364,9 @@ class Trainer:
             detached = loss.detach()
             group_loss = detached if group_loss is None else group_loss + detached
             if classification:
-                self._correct += (out.detach().argmax(1) == y).sum()
+                # One small op per batch; compared and summed once per flush.
+                pending.preds.append(out.detach().argmax(1))
+                pending.targets.append(y)
             samples += len(x)
             group += 1
             b += 1
@@ -451,9 +458,7 @@ class Trainer:
         self._correct.zero_()
         if not math.isfinite(ev.val_loss):
             self._non_finite(self.step, what="validation loss")
-        self._safe_save(self.rundir.checkpoints / "latest.pt", "epoch")
-        if ev.improved:
-            self._safe_save(self.rundir.checkpoints / "best.pt", "best")
+        self._save({"latest.pt": "epoch", **({"best.pt": "best"} if ev.improved else {})})
         self._safe(lambda: self.rundir.write_json("history.json", self.history))
         if self.granularity in ("epoch", "metric"):
             self._emit_preview()
@@ -518,6 +523,10 @@ class Trainer:
     # -- flushing ------------------------------------------------------------------
     def _flush(self) -> None:
         pending = self._pending
+        self._collect_saves()
+        if pending.preds:
+            self._correct += torch.cat(pending.preds).eq(torch.cat(pending.targets)).sum()
+            pending.preds, pending.targets = [], []
         if self._skipped:
             self.emit(NonFinite(self._skipped_first or self.step, self._now(), action="skip",
                                 count=self._skipped))
@@ -536,7 +545,7 @@ class Trainer:
             sample_rate = (self._session_samples - samples0) / elapsed
             self._window = (now, self._session_steps, self._session_samples)
             lrs = pending.lrs
-            self._pending = _Pending()
+            self._pending = pending = _Pending()
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
             finite = losses if bad is None else [v for v in losses if math.isfinite(v)]
             self.totals.loss_sum += math.fsum(finite)
@@ -568,6 +577,8 @@ class Trainer:
 
     def _roll_back(self) -> int | None:
         """Reload latest.pt after a NaN so that resuming continues from good weights."""
+        self._writer.wait()
+        self._collect_saves()
         latest = self.rundir.checkpoints / "latest.pt"
         if not latest.exists():
             return None
@@ -607,7 +618,7 @@ class Trainer:
         elif isinstance(command, SetLR):
             self._set_lr(command.lr)
         elif isinstance(command, SaveCheckpoint):
-            self._safe_save(self.rundir.checkpoints / f"step-{self.step}.pt", "manual")
+            self._save({f"step-{self.step}.pt": "manual"})
         elif isinstance(command, Evaluate):
             self._evaluate(epoch_end=False)
         elif isinstance(command, Stop):
@@ -644,6 +655,7 @@ class Trainer:
                 command = self.commands.get(timeout=self.cfg.log_interval)
                 if command is not None:
                     self._apply(command)
+                self._collect_saves()
                 self.rundir.flush()
         finally:
             paused = time.perf_counter() - paused_at
@@ -658,19 +670,32 @@ class Trainer:
         if signal is None:
             self._evaluate(epoch_end=False)
         self.emit(Stopped(self.step, self._now(), reason=reason))
-        self._safe_save(self.rundir.checkpoints / "latest.pt",
-                        "interrupt" if signal is not None else ("end" if status == "finished" else "stop"))
+        self._save({"latest.pt": "interrupt" if signal is not None else ("end" if status == "finished" else "stop")})
         raise _EndRun(status, reason, signal)
 
-    def _safe_save(self, path: Path, reason: str) -> None:
-        """Save a checkpoint; a failure (full disk, read-only dir) is reported, and the run goes on."""
+    def _save(self, files: dict[str, str]) -> None:
+        """Checkpoint this step into checkpoints/<name> for each {name: reason}.
+
+        Serialized here (so it is this step's state), written by the background
+        writer; a failure (full disk, read-only folder) becomes a
+        CheckpointFailed event and the run goes on.
+        """
         try:
-            size = ckpt.save(self.state_dict(), path)
+            data = ckpt.serialize(self.state_dict())
         except (OSError, RuntimeError) as exc:
-            self.emit(CheckpointFailed(self.step, self._now(), path=str(path),
-                                       error=f"{type(exc).__name__}: {exc}", reason=reason))
+            for name, reason in files.items():
+                self.emit(CheckpointFailed(self.step, self._now(), path=str(self.rundir.checkpoints / name),
+                                           error=f"{type(exc).__name__}: {exc}", reason=reason))
             return
-        self.emit(CheckpointSaved(self.step, self._now(), path=str(path), bytes=size, reason=reason))
+        for name, reason in files.items():
+            self._writer.submit(data, [self.rundir.checkpoints / name], self.step, reason)
+
+    def _collect_saves(self) -> None:
+        for r in self._writer.completed():
+            if r.error is None:
+                self.emit(CheckpointSaved(r.step, self._now(), path=str(r.path), bytes=r.size, reason=r.reason))
+            else:
+                self.emit(CheckpointFailed(r.step, self._now(), path=str(r.path), error=r.error, reason=r.reason))
 
     def _summary(self, status: str, reason: str, signal: int | None) -> dict[str, Any]:
         seconds = max(self._train_seconds, 1e-9)
