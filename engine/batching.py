@@ -13,7 +13,7 @@ import math
 from typing import Iterator, Protocol
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .seeding import epoch_generator
 
@@ -91,6 +91,8 @@ def make_batches(split: object, batch_size: int, device: torch.device, seed: int
                  shuffle: bool, drop_last: bool = False, num_workers: int = 0) -> Batches:
     if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
         return TensorBatches(split[0], split[1], batch_size, device, seed, shuffle, drop_last)
+    if isinstance(split, TensorDataset) and len(split.tensors) == 2:
+        return TensorBatches(split.tensors[0], split.tensors[1], batch_size, device, seed, shuffle, drop_last)
     if isinstance(split, Dataset) and hasattr(split, "__len__"):
         return LoaderBatches(split, batch_size, device, seed, shuffle, drop_last, num_workers)
     raise TypeError("a data split must be a pair of tensors (inputs, targets) or a map-style torch Dataset, "

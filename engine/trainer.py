@@ -25,7 +25,7 @@ from . import schedules
 from .batching import Batches, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
-from .config import RunConfig
+from .config import ConfigError, RunConfig
 from .devices import device_name, resolve_device
 from .events import (CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop, EvalDone, Event,
                      EventBuffer, LRChanged, NonFinite, Paused, Resumed, RunEnded, RunFailed, RunStarted,
@@ -113,15 +113,20 @@ class Trainer:
 
         seed_everything(cfg.seed)
         data = preset.make_data(cfg.seed)
-        self.train_batches: Batches = make_batches(
-            data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
-            drop_last=preset.drop_last, num_workers=cfg.num_workers)
-        self.val_batches: Batches = make_batches(
-            data.val, cfg.eval_batch_size or max(256, cfg.batch_size * 4), self.device, cfg.seed,
-            shuffle=False, num_workers=cfg.num_workers)
+        try:
+            self.train_batches: Batches = make_batches(
+                data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
+                drop_last=preset.drop_last, num_workers=cfg.num_workers)
+            self.val_batches: Batches = make_batches(
+                data.val, cfg.eval_batch_size or max(256, cfg.batch_size * 4), self.device, cfg.seed,
+                shuffle=False, num_workers=cfg.num_workers)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"preset {preset.name!r}: {exc}") from None
         if self.train_batches.batches_per_epoch == 0:
-            raise ValueError(f"the training split has {self.train_batches.size} samples: "
-                             f"not one batch of {cfg.batch_size} with drop_last")
+            raise ConfigError(f"preset {preset.name!r}: the training split has {self.train_batches.size} "
+                              f"samples, not one batch of {cfg.batch_size} (the preset drops the last batch)")
+        if self.val_batches.size == 0:
+            raise ConfigError(f"preset {preset.name!r}: the validation split is empty")
         self.model: nn.Module = preset.make_model().to(self.device)
         self.loss_fn = preset.loss()
         if isinstance(self.loss_fn, nn.Module):
