@@ -80,9 +80,11 @@ class LoaderBatches:
         else:
             order = torch.arange(self.size)
         indices = order[start * self.batch_size:].tolist()
+        # Its own generator: a DataLoader otherwise draws worker seeds from the
+        # global RNG, which would shift dropout masks after a resume.
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices,
                             drop_last=self.drop_last, num_workers=self.num_workers,
-                            pin_memory=self.pin)
+                            pin_memory=self.pin, generator=epoch_generator(self.seed + 1, epoch))
         for x, y in loader:
             yield (x.to(self.device, non_blocking=self.pin), y.to(self.device, non_blocking=self.pin))
 

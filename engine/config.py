@@ -86,6 +86,8 @@ class RunConfig:
         _positive_float(self, "gamma")
         _positive_float(self, "log_interval")
         _non_negative_float(self, "min_delta")
+        _float(self, "plateau_factor")
+        _float(self, "warmup")
         if not 0 < self.plateau_factor < 1:
             raise ConfigError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
         if self.warmup < 0 or not math.isfinite(self.warmup):
@@ -148,10 +150,14 @@ def _float(cfg: RunConfig, name: str) -> float:
     value = getattr(cfg, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"--{_flag(name)} must be a number, got {value!r}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ConfigError(f"--{_flag(name)} is too large: {value}") from None
+    if not math.isfinite(number):
         raise ConfigError(f"--{_flag(name)} must be a finite number, got {value}")
-    setattr(cfg, name, float(value))
-    return float(value)
+    setattr(cfg, name, number)
+    return number
 
 
 def _positive_float(cfg: RunConfig, name: str) -> None:

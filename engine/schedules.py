@@ -8,7 +8,7 @@ throwaway optimizer, so what the dashboard draws is what torch will do.
 
 from __future__ import annotations
 
-import math
+import inspect
 import warnings
 from typing import Any, Literal
 
@@ -64,24 +64,28 @@ def scheduled_lr(optimizer: torch.optim.Optimizer) -> float:
 
 def _throwaway_like(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """Same optimizer class and hyperparameters (OneCycle cycles its momentum/betas)."""
-    skip = {"fused", "foreach", "capturable", "differentiable"}
-    defaults = {k: v for k, v in optimizer.defaults.items() if k not in skip}
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    skip = {"params", "fused", "foreach", "capturable", "differentiable"}
+    defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted and k not in skip}
     return type(optimizer)([torch.zeros(1, requires_grad=True)], **defaults)
 
 
 def preview(cfg: RunConfig, optimizer: torch.optim.Optimizer, *, state: dict[str, Any] | None,
-            lr_now: float, step: int, epoch: int,
-            steps_per_epoch: int, total_steps: int, multiplier: float,
-            max_points: int = 2000) -> tuple[list[int], list[float]]:
-    """The planned LR (times `multiplier`) from `step` to `total_steps`, at most ~max_points points.
+            lr_now: float, step: int, epoch: int, steps_per_epoch: int, total_steps: int,
+            multiplier: float, max_points: int = 2000) -> tuple[list[int], list[float]]:
+    """The planned LR (times `multiplier`) for optimizer steps step+1 .. total_steps.
 
-    `state` is the live scheduler's state_dict and `lr_now` the scheduler's
-    current (un-multiplied) LR, so the plan continues from where the run is.
+    A point (s, lr) is the LR that optimizer step s (1-based, as in
+    metrics.jsonl) will use. `state` is the live scheduler's state_dict and
+    `lr_now` its current un-multiplied LR, so the plan continues from where
+    the run is. Per-step plans are thinned to about `max_points` points.
     """
     kind = GRANULARITY[cfg.scheduler]
-    if kind in ("none", "metric") or step >= total_steps:
+    first = step + 1
+    if kind in ("none", "metric") or first > total_steps:
         # A plateau scheduler reacts to future losses: its honest forecast is "flat".
-        return [step, max(step, total_steps)], [lr_now * multiplier] * 2
+        last = max(first, total_steps)
+        return [first, last], [lr_now * multiplier] * 2
     opt = _throwaway_like(optimizer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -91,25 +95,27 @@ def preview(cfg: RunConfig, optimizer: torch.optim.Optimizer, *, state: dict[str
             scheduler.load_state_dict(state)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-        steps: list[int] = [step]
+        steps: list[int] = [first]
         lrs: list[float] = [lr_now * multiplier]
         if kind == "step":
-            stride = max(1, math.ceil((total_steps - step) / max_points))
-            for s in range(step + 1, total_steps + 1):
+            stride = max(1, -(-(total_steps - first) // max_points))
+            for s in range(first + 1, total_steps + 1):
                 scheduler.step()
-                if (s - step) % stride == 0 or s == total_steps:
+                if (s - first) % stride == 0 or s == total_steps:
                     steps.append(s)
                     lrs.append(scheduled_lr(opt) * multiplier)
-        else:  # per epoch: the LR changes only at epoch boundaries
-            stride = max(1, math.ceil((cfg.epochs - epoch) / max_points))
-            for e in range(epoch + 1, cfg.epochs + 1):
-                s = min(e * steps_per_epoch, total_steps)
-                steps.append(s)
-                lrs.append(lrs[-1])  # hold the previous level until the boundary
-                scheduler.step()
-                if (e - epoch) % stride == 0 and s < total_steps:
-                    steps.append(s)
-                    lrs.append(scheduled_lr(opt) * multiplier)
-                if s >= total_steps:
+        else:  # per epoch: flat inside an epoch, a new level at each boundary
+            lr = lr_now
+            start = first
+            steps, lrs = [], []
+            for e in range(epoch, cfg.epochs):
+                end = min((e + 1) * steps_per_epoch, total_steps)
+                if end >= start:
+                    steps += [start, end]
+                    lrs += [lr * multiplier] * 2
+                if end >= total_steps:
                     break
+                scheduler.step()
+                lr = scheduled_lr(opt)
+                start = end + 1
     return steps, lrs

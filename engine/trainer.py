@@ -59,12 +59,12 @@ class RunResult:
 class _EpochTotals:
     """Running sums for the epoch's train loss and metric (kept in checkpoints)."""
 
-    loss_sum: float = 0.0
+    loss_sum: "_ExactSum" = field(default_factory=lambda: _ExactSum())
     steps: int = 0
     samples: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss_sum": self.loss_sum, "steps": self.steps, "samples": self.samples}
+        return {"loss_partials": list(self.loss_sum.partials), "steps": self.steps, "samples": self.samples}
 
 
 class _Restart(Exception):
@@ -81,7 +81,11 @@ class _EndRun(Exception):
 
 @dataclass
 class _Pending:
-    """Per-step values waiting for the next flush (tensors stay on the device)."""
+    """Per-step values waiting for the next flush (tensors stay on the device).
+
+    One instance lives for the whole run (the loop holds it in a local), so
+    it is emptied in place, never replaced.
+    """
 
     first_step: int = 0
     losses: list[torch.Tensor] = field(default_factory=list)
@@ -89,6 +93,40 @@ class _Pending:
     lrs: list[float] = field(default_factory=list)
     preds: list[torch.Tensor] = field(default_factory=list)
     targets: list[torch.Tensor] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.losses, self.norms, self.lrs, self.preds, self.targets = [], [], [], [], []
+
+
+class _ExactSum:
+    """Exactly rounded running sum (Shewchuk partials, as math.fsum keeps them).
+
+    The epoch's train loss is summed flush by flush, and flushes fall at
+    different steps in a resumed run; exact partials make the result
+    independent of that grouping, so resumed metrics match bit for bit.
+    """
+
+    def __init__(self, partials: list[float] | None = None) -> None:
+        self.partials = list(partials or [])
+
+    def add_all(self, values: list[float]) -> None:
+        partials = self.partials
+        for x in values:
+            i = 0
+            for y in partials:
+                if abs(x) < abs(y):
+                    x, y = y, x
+                hi = x + y
+                lo = y - (hi - x)
+                if lo:
+                    partials[i] = lo
+                    i += 1
+                x = hi
+            partials[i:] = [x]
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self.partials)
 
 
 class Trainer:
@@ -170,6 +208,7 @@ class Trainer:
         self._session_samples = 0
         self._window = (time.perf_counter(), 0, 0)  # (time, steps, samples) at the last flush
         self._paused_total = 0.0
+        self._paused_at: float | None = None
         if resume is not None:
             self.load_state(resume)
 
@@ -247,8 +286,9 @@ class Trainer:
         self.best_epoch = None if int(state["best_epoch"]) < 0 else int(state["best_epoch"])
         self.bad_epochs = int(state["early_stop_counter"])
         totals = state["epoch_totals"]
-        self.totals = _EpochTotals(float(totals["loss_sum"]), int(totals["steps"]), int(totals["samples"]))
-        self._correct = totals["correct"].to(self.device)
+        self.totals = _EpochTotals(_ExactSum([float(v) for v in totals["loss_partials"]]),
+                                   int(totals["steps"]), int(totals["samples"]))
+        self._correct = totals["correct"].to(self.device).clone()
         restore_rng(state["rng"])
         # The schedule's current LR lives in the optimizer's param groups,
         # which load_state_dict restored; keep the scheduler's view in step.
@@ -336,6 +376,8 @@ class Trainer:
                 self._end_epoch()
             except _Restart:
                 continue
+            if cfg.max_steps is not None and self.step >= cfg.max_steps and self.epoch < cfg.epochs:
+                raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
         raise _EndRun("finished", f"completed {cfg.epochs} epochs")
 
     def _train_epoch(self) -> None:
@@ -430,8 +472,9 @@ class Trainer:
                 self._flush()
                 next_flush = time.perf_counter() + interval
             if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                self._flush()
-                self._finish_run("finished", f"reached --max-steps {cfg.max_steps}")
+                if b < nbatches:
+                    self._finish_run("finished", f"reached --max-steps {cfg.max_steps}")
+                break  # on an epoch boundary: the epoch's end runs as usual first
         self._flush()
 
     def _optimizer_step(self, use_scaler: bool) -> None:
@@ -504,7 +547,7 @@ class Trainer:
                 model.train()
         val_loss = val_loss / max(count, 1)
         val_metric = val_metric_sum / max(count if self.classification else elements, 1)
-        train_loss = self.totals.loss_sum / self.totals.steps if self.totals.steps else None
+        train_loss = self.totals.loss_sum.value / self.totals.steps if self.totals.steps else None
         train_metric = (correct / self.totals.samples
                         if self.classification and self.totals.samples else None)
         improved = False
@@ -531,7 +574,6 @@ class Trainer:
         self._collect_saves()
         if pending.preds:
             self._correct += torch.cat(pending.preds).eq(torch.cat(pending.targets)).sum()
-            pending.preds, pending.targets = [], []
         if self._skipped:
             self.emit(NonFinite(self._skipped_first or self.step, self._now(), action="skip",
                                 count=self._skipped))
@@ -550,10 +592,10 @@ class Trainer:
             sample_rate = (self._session_samples - samples0) / elapsed
             self._window = (now, self._session_steps, self._session_samples)
             lrs = pending.lrs
-            self._pending = pending = _Pending()
+            pending.clear()
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
             finite = losses if bad is None else [v for v in losses if math.isfinite(v)]
-            self.totals.loss_sum += math.fsum(finite)
+            self.totals.loss_sum.add_all(finite)
             self.totals.steps += len(finite)
             self.emit(StepStats(
                 steps[-1], self._now(), epoch=self.epoch + 1, steps=steps, loss=losses, lr=lrs,
@@ -561,6 +603,7 @@ class Trainer:
                 steps_per_epoch=self.steps_per_epoch, steps_per_sec=rate, samples_per_sec=sample_rate))
             if bad is not None:
                 self._non_finite(steps[bad], what="training loss")
+        pending.clear()
         self.rundir.flush()
 
     def _non_finite(self, step: int, *, what: str) -> None:
@@ -570,8 +613,8 @@ class Trainer:
         if action == "pause":
             rolled = self._roll_back()
             self.emit(NonFinite(step, self._now(), action="pause", rolled_back_to=rolled))
-            self.paused = True
-            self._pause_loop(reason="nan")
+            self._pause("nan")
+            self._pause_loop()
             if rolled is not None:
                 raise _Restart()
             return
@@ -592,7 +635,7 @@ class Trainer:
             self.load_state(state)
         except ckpt.CheckpointError:
             return None
-        self._pending = _Pending()
+        self._pending.clear()
         self.history = [row for row in self.history if row["epoch"] <= self.epoch]
         return self.step
 
@@ -604,7 +647,7 @@ class Trainer:
                 break
             self._apply(command)
         if self.paused:
-            self._pause_loop(reason="user")
+            self._pause_loop()
 
     def _apply(self, command: Command) -> None:
         now = self._now()
@@ -614,12 +657,12 @@ class Trainer:
             if self.paused:
                 self.emit(CommandRejected(self.step, now, command="pause", reason="already paused"))
             else:
-                self.paused = True  # the pause loop emits Paused
+                self._pause("user")
         elif isinstance(command, Resume):
             if not self.paused:
                 self.emit(CommandRejected(self.step, now, command="resume", reason="not paused"))
             else:
-                self.paused = False
+                self._resume()
         elif isinstance(command, SetLR):
             self._set_lr(command.lr)
         elif isinstance(command, SaveCheckpoint):
@@ -650,10 +693,28 @@ class Trainer:
         self.emit(LRChanged(self.step, now, old_lr=old, new_lr=float(lr), multiplier=self.multiplier))
         self._emit_preview()
 
-    def _pause_loop(self, *, reason: str) -> None:
-        """Wait for commands while paused; the run's clock stops."""
-        paused_at = time.perf_counter()
+    def _pause(self, reason: str) -> None:
+        self.paused = True
+        self._paused_at = time.perf_counter()
         self.emit(Paused(self.step, self._now(), reason=reason))
+
+    def _resume(self) -> None:
+        self.paused = False
+        paused = self._end_pause_clock()
+        self.emit(Resumed(self.step, self._now(), paused_seconds=round(paused, 3)))
+
+    def _end_pause_clock(self) -> float:
+        """Take the paused time out of the run's clock and the steps/s window."""
+        if self._paused_at is None:
+            return 0.0
+        paused = time.perf_counter() - self._paused_at
+        self._paused_at = None
+        self._paused_total += paused
+        self._window = (self._window[0] + paused, *self._window[1:])
+        return paused
+
+    def _pause_loop(self) -> None:
+        """Wait for commands while paused (saves, LR changes and stop still work)."""
         self.rundir.flush()
         try:
             while self.paused:
@@ -663,10 +724,7 @@ class Trainer:
                 self._collect_saves()
                 self.rundir.flush()
         finally:
-            paused = time.perf_counter() - paused_at
-            self._paused_total += paused
-            self._window = (self._window[0] + paused, *self._window[1:])
-        self.emit(Resumed(self.step, self._now(), paused_seconds=round(paused, 3)))
+            self._end_pause_clock()  # also when a stop ends the run while paused
 
     # -- ending --------------------------------------------------------------------
     def _finish_run(self, status: str, reason: str, signal: int | None = None) -> None:
@@ -685,6 +743,12 @@ class Trainer:
         writer; a failure (full disk, read-only folder) becomes a
         CheckpointFailed event and the run goes on.
         """
+        if not self._weights_finite():
+            for name, reason in files.items():
+                self.emit(CheckpointFailed(self.step, self._now(), path=str(self.rundir.checkpoints / name),
+                                           error="the weights are not finite; not saved, the previous "
+                                                 "checkpoint is kept", reason=reason))
+            return
         try:
             data = ckpt.serialize(self.state_dict())
         except (OSError, RuntimeError) as exc:
@@ -694,6 +758,15 @@ class Trainer:
             return
         for name, reason in files.items():
             self._writer.submit(data, [self.rundir.checkpoints / name], self.step, reason)
+
+    def _weights_finite(self) -> bool:
+        # One host sync per checkpoint (rare), never per step.
+        tensors = [p.detach() for p in self.model.parameters() if p.is_floating_point()]
+        if not tensors:
+            return True
+        norms = torch._foreach_norm(tensors, ord=float("inf")) if hasattr(torch, "_foreach_norm") else \
+            [t.abs().max() for t in tensors]
+        return bool(torch.isfinite(torch.stack(list(norms))).all())
 
     def _collect_saves(self) -> None:
         for r in self._writer.completed():
