@@ -183,11 +183,12 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc) or "Unsupported class" in str(exc):
             raise CheckpointError(
                 f"refusing to load {p}: it contains pickled Python objects "
                 "(only plain tensors and containers are allowed)") from None
-        raise CheckpointError(f"cannot read checkpoint {p}: {text}") from None
+        text = text if len(text) <= 160 else text[:157] + "..."
+        raise CheckpointError(f"cannot read checkpoint {p}: not a valid torch file ({text})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a tuitrain checkpoint")
     if state.get("version") != VERSION:

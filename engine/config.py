@@ -56,7 +56,7 @@ class RunConfig:
     """Early stopping: epochs without a better validation loss; None or 0 turns it off."""
     min_delta: float = 0.0
     max_steps: int | None = None
-    """Stop after this many optimizer steps (counted over the whole run)."""
+    """Stop after this many optimizer steps (counted over the whole run); None or 0: no limit."""
     on_nan: str = "stop"
     threads: int | None = None
     """Intra-op CPU threads; None picks by model size (tiny models run faster on one)."""
@@ -89,19 +89,24 @@ class RunConfig:
         _float(self, "plateau_factor")
         _float(self, "warmup")
         if not 0 < self.plateau_factor < 1:
-            raise ConfigError(f"plateau_factor must be between 0 and 1, got {self.plateau_factor}")
-        if self.warmup < 0 or not math.isfinite(self.warmup):
-            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+            raise ConfigError(f"--plateau-factor must be between 0 and 1, got {self.plateau_factor:g}")
+        if self.warmup < 0:
+            raise ConfigError(f"--warmup must be zero or positive, got {self.warmup:g}")
         for name in ("grad_clip",):
             if getattr(self, name) is not None:
                 _non_negative_float(self, name)
                 if getattr(self, name) == 0:
                     setattr(self, name, None)
-        for name in ("patience", "max_steps", "threads", "eval_batch_size"):
+        for name in ("patience", "max_steps"):  # 0 means off / no limit
             if getattr(self, name) is not None:
-                _non_negative_int(self, name) if name == "patience" else _positive_int(self, name)
-        if self.patience == 0:
-            self.patience = None
+                _non_negative_int(self, name)
+                if getattr(self, name) == 0:
+                    setattr(self, name, None)
+        for name in ("threads", "eval_batch_size"):
+            if getattr(self, name) is not None:
+                _positive_int(self, name)
+        if self.threads is not None and self.threads > 4096:
+            raise ConfigError(f"--threads must be at most 4096, got {self.threads}")
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "scheduler", SCHEDULERS)
         _choice(self, "on_nan", ON_NAN)

@@ -266,7 +266,7 @@ class Trainer:
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
             raise ckpt.CheckpointError(
-                f"the checkpoint does not fit preset {self.preset.name!r}'s model: {first}") from None
+                f"the checkpoint does not fit the model of preset {self.preset.name!r}: {first}") from None
         try:
             self.optimizer.load_state_dict(state["optimizer_state_dict"])
         except (ValueError, KeyError, RuntimeError) as exc:

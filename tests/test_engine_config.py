@@ -70,7 +70,7 @@ def test_an_integer_learning_rate_becomes_a_float():
     (dict(accumulate=0), "accumulate"),
     (dict(grad_clip=-1.0), "grad-clip"),
     (dict(patience=-1), "patience"),
-    (dict(max_steps=0), "max-steps"),
+    (dict(max_steps=-1), "max-steps"),
     (dict(seed=-1), "seed"),
     (dict(nesterov=True, optimizer="adam"), "nesterov"),
     (dict(device=""), "device"),
@@ -101,3 +101,8 @@ def test_unknown_keys_in_a_saved_config_are_refused():
 def test_values_that_crash_validation_are_config_errors(values):
     with pytest.raises(ConfigError):
         RunConfig(**values)
+
+
+def test_zero_turns_limits_off():
+    cfg = RunConfig(max_steps=0, patience=0, grad_clip=0.0)
+    assert (cfg.max_steps, cfg.patience, cfg.grad_clip) == (None, None, None)

@@ -17,6 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+# Imported up front (standard library only): the signal handler must not
+# import anything, since it can run in the middle of another import.
+from tuitrain.engine.commands import Stop
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Flags that may be given with --resume: they do not change what was trained.
@@ -101,7 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(list(sys.argv[1:] if argv is None else argv), relay)
     except UsageError as exc:
-        print(f"tuitrain: error: {exc}", file=sys.stderr)
+        # One line, whatever a path in the message contains.
+        text = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"tuitrain: error: {text}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as exc:
         print(f"tuitrain: {signal.Signals(exc.signum).name} before training started; nothing to save",
@@ -149,20 +155,28 @@ def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, A
     from tuitrain.presets import PresetError, load_preset
     from tuitrain.presets.loader import preset_name_for_rundir
 
+    if "run_dir" in overrides and not str(overrides["run_dir"]).strip():
+        raise UsageError("--run-dir must not be empty")
     state = None
+    run_dir: Path | None = Path(overrides["run_dir"]) if "run_dir" in overrides else None
     try:
         if resume is not None:
-            state, run_dir = _load_resume(resume, overrides, ckpt)
+            state, resume_dir = _load_resume(resume, overrides, ckpt)
+            run_dir = resume_dir or run_dir
             cfg = RunConfig.from_dict(state["config"])
             changes = {k: v for k, v in overrides.items() if k != "run_dir"}
             if "epochs" in changes and cfg.scheduler in ("cosine", "onecycle", "warmup-cosine"):
                 raise UsageError(f"--epochs cannot change on resume with --scheduler {cfg.scheduler}: "
                                  "its plan is fixed to the original length")
             cfg = cfg.replace(**changes)
+            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+                raise UsageError(f"this run already reached --max-steps {cfg.max_steps} (step {state['step']}); "
+                                 "resume with a larger --max-steps, or --max-steps 0 for no limit")
             preset = load_preset(cfg.preset)
             if state["preset"] != preset.name:
-                raise UsageError(f"the checkpoint is from preset {state['preset']!r}, "
-                                 f"but {cfg.preset!r} is {preset.name!r}")
+                raise UsageError(f"the checkpoint was saved by preset {state['preset']!r}, but its config "
+                                 f"now loads preset {preset.name!r} from {cfg.preset!r}")
+            name = preset_name_for_rundir(cfg.preset, preset)
         else:
             assert preset_spec is not None
             preset = load_preset(preset_spec)
@@ -172,18 +186,30 @@ def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, A
                 cfg = RunConfig(**merged)
             except TypeError as exc:
                 raise UsageError(f"preset {preset.name!r} sets an unknown option in its defaults: {exc}") from None
-            run_dir = Path(overrides["run_dir"]) if "run_dir" in overrides else new_run_path(
-                "runs", preset_name_for_rundir(preset_spec, preset))
+            name = preset_name_for_rundir(preset_spec, preset)
+        if run_dir is None:
+            run_dir = new_run_path("runs", name)
         cfg = cfg.replace(run_dir=str(run_dir))
         resolve_device(cfg.device)
-        existed = run_dir.exists()
-        RunDir(run_dir).create(resume=resume is not None and run_dir.is_dir() and Path(resume).is_dir())
+        created = _first_missing(run_dir)
+        RunDir(run_dir).create(resume=resume is not None and Path(resume).is_dir())
     except (ConfigError, PresetError, DeviceError, RunDirError, ckpt.CheckpointError) as exc:
         raise UsageError(str(exc)) from None
-    return PreparedRun(cfg, preset, run_dir, state, created=not existed)
+    return PreparedRun(cfg, preset, run_dir, state, created=created)
 
 
-def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dict[str, Any], Path]:
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` that does not exist yet (what creating it would add)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dict[str, Any], Path | None]:
+    """The checkpoint to resume, and the run directory when resuming one in place."""
     path = Path(resume)
     extra = sorted(set(overrides) - RESUME_FLAGS)
     if extra:
@@ -199,22 +225,17 @@ def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dic
         return ckpt.load(latest), path
     if not path.exists():
         raise UsageError(f"--resume: no such run directory or checkpoint: {path}")
-    state = ckpt.load(path)
-    from tuitrain.engine.rundir import new_run_path
-    from tuitrain.presets.loader import preset_name_for_rundir
-
-    name = state.get("preset", "run")
-    run_dir = Path(overrides["run_dir"]) if "run_dir" in overrides else new_run_path(
-        "runs", preset_name_for_rundir(str(name), None))
-    return state, run_dir
+    return ckpt.load(path), None
 
 
 class PreparedRun:
     """A validated run, ready to build: config, preset, run directory, resume state."""
 
     def __init__(self, cfg: Any, preset: Any, run_dir: Path, state: dict[str, Any] | None,
-                 created: bool) -> None:
-        self.cfg, self.preset, self.run_dir, self.state, self.created = cfg, preset, run_dir, state, created
+                 created: Path | None) -> None:
+        self.cfg, self.preset, self.run_dir, self.state = cfg, preset, run_dir, state
+        self.created = created
+        """The outermost folder this run created (None when the run directory existed)."""
 
     def build(self, **trainer_kwargs: Any) -> Any:
         """Build the Trainer; a checkpoint that does not fit is exit 2, a crash in preset code exit 1."""
@@ -229,11 +250,10 @@ class PreparedRun:
             raise UsageError(str(exc)) from None
 
     def discard(self) -> None:
-        """Remove a run directory we created if nothing was written into it."""
-        if self.created and self.run_dir.is_dir():
-            leftovers = [p for p in self.run_dir.rglob("*") if p.is_file()]
-            if not leftovers:
-                shutil.rmtree(self.run_dir, ignore_errors=True)
+        """Remove the folders this run created, if nothing was written into them."""
+        if self.created is not None and self.created.is_dir():
+            if not any(p.is_file() for p in self.created.rglob("*")):
+                shutil.rmtree(self.created, ignore_errors=True)
 
 
 class Interrupted(BaseException):
@@ -269,9 +289,10 @@ class SignalRelay:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        from tuitrain.engine.commands import Stop
-
+        # Recorded first: Python can swallow an exception raised in a handler
+        # (inside compile() during an import, say), and attach() re-checks.
         if self.commands is None:
+            self.received = signum
             raise Interrupted(signum)
         if self.received == signum:
             signal.signal(signum, signal.SIG_DFL)
@@ -279,6 +300,12 @@ class SignalRelay:
             return
         self.received = signum
         self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
+
+    def attach(self, commands: Any) -> None:
+        """From now on a signal stops the run; one that came during set-up ends it before training."""
+        if self.received is not None:
+            raise Interrupted(self.received)
+        self.commands = commands
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -51,6 +51,10 @@ class HeadlessReporter:
                     f"{e.parameters:,} parameters")
         self._print(f"run dir: {e.run_dir}")
 
+    def _on_SchedulePreview(self, e: ev.SchedulePreview) -> None:
+        if e.step == self._epoch_step:  # computing a long plan is not training time
+            self._epoch_started = time.perf_counter()
+
     def _on_EvalDone(self, e: ev.EvalDone) -> None:
         if not e.epoch_end:
             self._print(f"eval    step {e.step} | val {e.val_loss:.4f} | {e.metric} {e.val_metric:.4f}")
@@ -103,7 +107,7 @@ class HeadlessReporter:
 
     def _on_RunEnded(self, e: ev.RunEnded) -> None:
         s = e.summary
-        line = (f"{e.status}: {s['epochs']} epochs, {s['steps']} steps in {s['train_seconds']:.1f} s "
+        line = (f"{e.status}: {_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')} in {s['train_seconds']:.1f} s "
                 f"({s['steps_per_sec']:,.0f} steps/s)")
         if s.get("best_val_loss") is not None:
             line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
@@ -118,14 +122,26 @@ class HeadlessReporter:
         self._print(f"run dir: {s['run_dir']}")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
     from tuitrain.tui.cli import exit_code
 
     reporter = HeadlessReporter()
-    trainer = build_or_fail(run, listeners=[reporter])
+    try:
+        trainer = build_or_fail(run, listeners=[reporter])
+    except BaseException:  # interrupted while building: leave no empty run directory
+        run.discard()
+        raise
     if isinstance(trainer, int):
         return trainer
-    relay.commands = trainer.commands
+    try:
+        relay.attach(trainer.commands)
+    except BaseException:
+        run.discard()
+        raise
     return exit_code(trainer.run())
 
 
