@@ -53,9 +53,10 @@ class TensorBatches:
         if self.shuffle:
             order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch)).to(self.device)
             x, y = x[order], y[order]
-        b = self.batch_size
+        # split() makes every batch view in one call, cheaper than slicing per step.
+        xs, ys = x.split(self.batch_size), y.split(self.batch_size)
         for i in range(start, self.batches_per_epoch):
-            yield x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]
+            yield xs[i], ys[i]
 
 
 class LoaderBatches:
