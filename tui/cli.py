@@ -121,7 +121,8 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     args = vars(build_parser().parse_args(argv))
     if args.pop("list_presets", False):
         return _list_presets()
-    headless = args.pop("headless", False) or not sys.stdout.isatty()
+    # Textual draws on stderr: both streams must be the terminal for a dashboard.
+    headless = args.pop("headless", False) or not (sys.stdout.isatty() and sys.stderr.isatty())
     preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
     if preset_spec is not None and resume is not None:
         raise UsageError("give either --preset or --resume, not both")

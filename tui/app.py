@@ -1,0 +1,260 @@
+"""The live dashboard: a Textual app that trains in a thread worker and steers by keys.
+
+Data flow (DESIGN.md): keys -> commands -> engine thread; engine -> bounded
+EventBuffer -> a timer here (5 Hz) -> DashboardState -> widgets, inside
+batch_update(). The engine never touches the UI; plots redraw only when
+their data changed, at most twice a second.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Iterable
+
+from textual import work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import Footer
+from textual.worker import Worker, WorkerState
+
+from tuitrain.engine.commands import SaveCheckpoint, SetLR, Stop, TogglePause
+from tuitrain.engine.system import SystemSampler
+from tuitrain.tui.screens.help_screen import HelpScreen
+from tuitrain.tui.screens.lr_dialog import LRDialog
+from tuitrain.tui.state import DashboardState, LogLine
+from tuitrain.tui.widgets.event_log import EventLog
+from tuitrain.tui.widgets.loss_plot import LossPlot
+from tuitrain.tui.widgets.lr_plot import LRPlot
+from tuitrain.tui.widgets.metric_plot import MetricPlot
+from tuitrain.tui.widgets.progress_panel import ProgressPanel
+from tuitrain.tui.widgets.status_bar import StatusBar
+from tuitrain.tui.widgets.system_panel import SystemPanel
+
+if TYPE_CHECKING:
+    from tuitrain.engine.trainer import Trainer
+    from tuitrain.tui.cli import PreparedRun, SignalRelay
+
+#: Actions that steer a live run; greyed out once it has ended.
+STEERING = ("toggle_pause", "set_lr", "save", "stop")
+
+
+class TuitrainApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tuitrain"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
+    BINDINGS = [
+        Binding("p", "toggle_pause", "Pause/Resume", id="pause"),
+        Binding("l", "set_lr", "Set LR", id="set-lr"),
+        Binding("s", "save", "Save", id="save"),
+        Binding("x", "stop", "Stop", id="stop"),
+        Binding("q", "quit_run", "Quit", id="quit"),
+        Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less"),
+        Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more"),
+        Binding("y", "toggle_log", "Log y", id="log-scale"),
+        Binding("question_mark", "help", "Help", id="help"),
+    ]
+
+    def __init__(self, trainer: "Trainer", *, refresh_hz: float = 5.0, plot_interval: float = 0.5,
+                 sampler: SystemSampler | None = None) -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.state = DashboardState()
+        self.sampler = sampler if sampler is not None else SystemSampler()
+        self.refresh_hz = refresh_hz
+        self.plot_interval = plot_interval
+        self.smoothing = 0.6
+        self.log_scale = False
+        self.exit_code: int | None = None
+        self.engine_done = threading.Event()
+        self._quit_requested = False
+        self._last_plot = 0.0
+        self._plots_dirty: set[str] = set()
+        self._snapshot: Any = None
+        self._ended_seen = False
+
+    # -- layout ----------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield StatusBar(id="status-bar")
+        with Horizontal(id="top"):
+            yield LossPlot(id="loss-plot")
+            yield MetricPlot(id="metric-plot")
+        with Horizontal(id="middle"):
+            yield LRPlot(id="lr-plot")
+            yield SystemPanel(id="system-panel")
+            yield ProgressPanel(id="progress-panel")
+        yield EventLog(id="event-log")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sampler.start()
+        self.run_engine()
+        self.set_interval(1 / self.refresh_hz, self.drain)
+
+    # -- the engine ---------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False, group="engine", name="engine")
+    def run_engine(self) -> Any:
+        try:
+            return self.trainer.run()
+        finally:
+            self.engine_done.set()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "engine" or event.state != WorkerState.ERROR:
+            return
+        # Trainer.run() reports failures itself; reaching here is a bug in tuitrain.
+        error = event.worker.error
+        self.state.status, self.state.end_status = "FAILED", "failed"
+        self.state.log.append(LogLine(time.time(), "error", f"internal error: {type(error).__name__}: {error}"))
+        self.state.dirty.add("status")
+        self.refresh_bindings()
+
+    def drain(self) -> None:
+        """Timer: take every pending event, update what changed, in one batch."""
+        events = self.trainer.events.drain()
+        state = self.state
+        if events:
+            state.apply_all(events)
+        snapshot = self.sampler.latest()
+        dirty = state.dirty
+        state.dirty = set()
+        self._plots_dirty |= dirty & {"loss", "metric", "lr"}
+        now = time.monotonic()
+        with self.batch_update():
+            self.query_one(StatusBar).show(state)  # the clock moves every tick
+            if "progress" in dirty:
+                self.query_one(ProgressPanel).show(state)
+            lines = state.take_log()
+            if lines:
+                self.query_one(EventLog).add(lines)
+            if snapshot is not self._snapshot:
+                self._snapshot = snapshot
+                self.query_one(SystemPanel).show(snapshot)
+            if self._plots_dirty and (now - self._last_plot >= self.plot_interval or not state.running):
+                self._replot()
+                self._last_plot = now
+        if not state.running and not self._ended_seen:
+            self._ended_seen = True
+            self.refresh_bindings()
+            if state.end_signal:
+                self._finish(128 + int(state.end_signal))
+        if self._quit_requested and not state.running:
+            self._finish(self._exit_code_for_end())
+        if "status" in dirty:
+            self.refresh_bindings()
+
+    def _replot(self) -> None:
+        state, dirty = self.state, self._plots_dirty
+        if "loss" in dirty:
+            self.query_one(LossPlot).replot(state, smoothing=self.smoothing, log_scale=self.log_scale)
+        if "metric" in dirty:
+            self.query_one(MetricPlot).replot(state)
+        if "lr" in dirty:
+            self.query_one(LRPlot).replot(state)
+        self._plots_dirty = set()
+
+    def _exit_code_for_end(self) -> int:
+        if self.state.end_signal:
+            return 128 + int(self.state.end_signal)
+        return 1 if self.state.end_status == "failed" else 0
+
+    def _finish(self, code: int) -> None:
+        self.exit_code = code
+        self.sampler.stop()
+        self.exit(code, return_code=code)
+
+    # -- keys ----------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in STEERING and not self.state.running:
+            return None  # shown greyed out: nothing to steer after the run ended
+        return True
+
+    def action_toggle_pause(self) -> None:
+        self.trainer.commands.put(TogglePause())
+
+    def action_set_lr(self) -> None:
+        def apply(value: float | None) -> None:
+            if value is not None and self.state.running:
+                self.trainer.commands.put(SetLR(value))
+
+        self.push_screen(LRDialog(self.state.lr), apply)
+
+    def action_save(self) -> None:
+        self.trainer.commands.put(SaveCheckpoint())
+
+    def action_stop(self) -> None:
+        self.trainer.commands.put(Stop(reason="stopped from the dashboard"))
+
+    def action_quit_run(self) -> None:
+        if self.state.running and not self.engine_done.is_set():
+            if not self._quit_requested:
+                self._quit_requested = True
+                self.state.log.append(LogLine(time.time(), "action", "quitting: stopping and saving first"))
+                self.trainer.commands.put(Stop(reason="quit from the dashboard"))
+            return
+        self._finish(self._exit_code_for_end())
+
+    def action_smoothing(self, delta: float) -> None:
+        self.smoothing = min(0.99, max(0.0, round(self.smoothing + delta, 2)))
+        self.state.dirty.add("loss")
+        self._last_plot = 0.0
+
+    def action_toggle_log(self) -> None:
+        self.log_scale = not self.log_scale
+        self.state.dirty.add("loss")
+        self._last_plot = 0.0
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        running = self.state.running
+        if running:
+            yield SystemCommand("Pause / resume training", "p: pause or resume at the next step",
+                                self.action_toggle_pause)
+            yield SystemCommand("Set learning rate", "l: a new LR from now on (scales the schedule)",
+                                self.action_set_lr)
+            yield SystemCommand("Save checkpoint now", "s: write checkpoints/step-<N>.pt", self.action_save)
+            yield SystemCommand("Stop early", "x: finish the step, evaluate, save", self.action_stop)
+        yield SystemCommand("Quit tuitrain", "q: stops and saves first while training", self.action_quit_run)
+        yield SystemCommand("More smoothing", "]: smooth the loss curve more", lambda: self.action_smoothing(0.1))
+        yield SystemCommand("Less smoothing", "[: smooth the loss curve less", lambda: self.action_smoothing(-0.1))
+        yield SystemCommand("Toggle log scale", "y: log scale for the loss plot", self.action_toggle_log)
+        yield SystemCommand("Keys", "?: every key", self.action_help)
+
+
+def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
+    """Build the trainer, run the dashboard until the user quits, return the exit status."""
+    from tuitrain.tui.headless import build_or_fail
+
+    try:
+        trainer = build_or_fail(run)
+    except BaseException:
+        run.discard()
+        raise
+    if isinstance(trainer, int):
+        return trainer
+    try:
+        relay.attach(trainer.commands)
+    except BaseException:
+        run.discard()
+        raise
+    app = TuitrainApp(trainer)
+    try:
+        app.run()
+    finally:
+        app.sampler.stop()
+        if not app.engine_done.is_set():
+            # The app ended without the run ending (an error, or a lost terminal):
+            # stop the run so that it saves, and wait for it.
+            trainer.commands.put(Stop(reason="the dashboard closed"))
+            app.engine_done.wait(timeout=120)
+    if app.exit_code is not None:
+        return app.exit_code
+    if relay.received is not None:
+        return 128 + relay.received
+    return app._exit_code_for_end() if not app.state.running else 1

@@ -1,0 +1,1 @@
+"""Modal screens: set the learning rate, help."""

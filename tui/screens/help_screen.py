@@ -1,0 +1,34 @@
+"""The `?` screen: every key and what it does now."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+KEYS = [
+    ("p", "pause / resume training (the system panel keeps updating)"),
+    ("l", "set the learning rate (a multiplier on the schedule from now on)"),
+    ("s", "save a checkpoint now (checkpoints/step-<N>.pt)"),
+    ("x", "stop early: finish the step, evaluate, save; the dashboard stays open"),
+    ("q", "quit (stops and saves first while training)"),
+    ("[ / ]", "less / more smoothing of the loss curve"),
+    ("y", "log scale for the loss"),
+    ("?", "this help"),
+    ("ctrl+p", "command palette: every action by name"),
+]
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help-close")]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="help"):
+            yield Static("tuitrain keys", id="help-title")
+            yield Static("\n".join(f"{key:>7}  {text}" for key, text in KEYS), id="help-keys")
+            yield Static("Esc to close", id="help-footer")
+
+    def action_close(self) -> None:
+        self.dismiss(None)

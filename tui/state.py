@@ -1,0 +1,234 @@
+"""What the dashboard knows about a run, built from engine events alone.
+
+The app drains the engine's EventBuffer on a timer and feeds every event
+here; widgets read this state and redraw only the parts marked dirty. The
+same class can rebuild a run from metrics.jsonl, since those are the same
+events.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from tuitrain.engine import events as ev
+from tuitrain.engine.history import EpochSeries, Marks, Series
+
+STATUS_WORDS = {
+    "finished": "FINISHED",
+    "stopped": "STOPPED",
+    "early_stopped": "STOPPED",
+    "interrupted": "STOPPED",
+    "failed": "FAILED",
+}
+
+
+@dataclass
+class LogLine:
+    t: float
+    level: str
+    """'info', 'action', 'warning' or 'error'."""
+    text: str
+
+
+@dataclass
+class DashboardState:
+    preset: str = "?"
+    device: str = "?"
+    task: str = "classification"
+    metric: str = "acc"
+    status: str = "RUNNING"
+    end_status: str | None = None
+    end_signal: int | None = None
+    run_dir: str = ""
+    epochs: int = 0
+    epoch: int = 1
+    step: int = 0
+    epoch_step: int = 0
+    steps_per_epoch: int = 1
+    total_steps: int = 1
+    steps_per_sec: float = 0.0
+    samples_per_sec: float = 0.0
+    lr: float | None = None
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    patience: int | None = None
+    patience_used: int = 0
+    started_at: float | None = None
+    paused_at: float | None = None
+    paused_total: float = 0.0
+    ended_at: float | None = None
+    loss: Series = field(default_factory=Series)
+    lr_used: Series = field(default_factory=Series)
+    grad_norm: Series = field(default_factory=Series)
+    train_loss: EpochSeries = field(default_factory=EpochSeries)
+    val_loss: EpochSeries = field(default_factory=EpochSeries)
+    train_metric: EpochSeries = field(default_factory=EpochSeries)
+    val_metric: EpochSeries = field(default_factory=EpochSeries)
+    marks: Marks = field(default_factory=Marks)
+    plan_steps: list[int] = field(default_factory=list)
+    plan_lrs: list[float] = field(default_factory=list)
+    log: list[LogLine] = field(default_factory=list)
+    """New log lines since the widgets last took them."""
+    dirty: set[str] = field(default_factory=set)
+    """Which parts changed: 'loss', 'metric', 'lr', 'progress', 'status'."""
+
+    # -- feeding ---------------------------------------------------------------
+    def apply_all(self, events: list[ev.Event]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def apply(self, event: ev.Event) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
+
+    def take_log(self) -> list[LogLine]:
+        lines, self.log = self.log, []
+        return lines
+
+    def _say(self, event: ev.Event, level: str, text: str) -> None:
+        self.log.append(LogLine(event.t, level, text))
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.end_status is None
+
+    def elapsed(self, now: float | None = None) -> float:
+        """Training time so far, paused time excluded."""
+        if self.started_at is None:
+            return 0.0
+        end = self.ended_at or (now if now is not None else time.time())
+        paused = self.paused_total + ((end - self.paused_at) if self.paused_at is not None else 0.0)
+        return max(0.0, end - self.started_at - paused)
+
+    def eta(self) -> float | None:
+        if not self.running or self.steps_per_sec <= 0:
+            return None
+        return max(0, self.total_steps - self.step) / self.steps_per_sec
+
+    # -- event handlers ------------------------------------------------------------
+    def _on_RunStarted(self, e: ev.RunStarted) -> None:
+        self.preset, self.device, self.task, self.metric = e.preset, e.device_name, e.task, e.metric
+        self.run_dir, self.epochs = e.run_dir, int(e.config.get("epochs", 0))
+        self.steps_per_epoch, self.total_steps = max(1, e.steps_per_epoch), max(1, e.total_steps)
+        self.step, self.epoch = e.step, e.epoch + 1
+        self.patience = e.config.get("patience")
+        if self.started_at is None:
+            self.started_at = e.t
+        if e.resumed:
+            for series in (self.loss, self.lr_used, self.grad_norm):
+                series.reset_after(e.step)
+            for epochs in (self.train_loss, self.val_loss, self.train_metric, self.val_metric):
+                epochs.reset_after(e.step)
+        verb = f"resumed at step {e.step}" if e.resumed else "started"
+        self._say(e, "info", f"{e.preset} {verb} on {e.device_name}: {e.train_size:,} train / {e.val_size:,} val, "
+                             f"{e.steps_per_epoch} steps/epoch, {e.parameters:,} parameters, amp {e.amp}")
+        self._say(e, "info", f"run dir {e.run_dir}")
+        self.dirty |= {"status", "progress", "loss", "lr", "metric"}
+
+    def _on_SchedulePreview(self, e: ev.SchedulePreview) -> None:
+        self.plan_steps, self.plan_lrs = list(e.steps), list(e.lrs)
+        self.dirty.add("lr")
+
+    def _on_StepStats(self, e: ev.StepStats) -> None:
+        self.loss.extend(e.steps, e.loss)
+        self.lr_used.extend(e.steps, e.lr)
+        if e.grad_norm is not None:
+            self.grad_norm.extend(e.steps, e.grad_norm)
+        self.step, self.epoch, self.epoch_step = e.step, e.epoch, e.epoch_step
+        self.steps_per_epoch = max(1, e.steps_per_epoch)
+        self.steps_per_sec, self.samples_per_sec = e.steps_per_sec, e.samples_per_sec
+        self.lr = e.lr[-1] if e.lr else self.lr
+        self.dirty |= {"loss", "lr", "progress", "status"}
+
+    def _on_EvalDone(self, e: ev.EvalDone) -> None:
+        self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
+        self.patience_used, self.patience = e.patience_used, e.patience
+        if e.epoch_end:
+            self.val_loss.add(e.epoch, e.step, e.val_loss)
+            self.val_metric.add(e.epoch, e.step, e.val_metric)
+            if e.train_loss is not None:
+                self.train_loss.add(e.epoch, e.step, e.train_loss)
+            if e.train_metric is not None:
+                self.train_metric.add(e.epoch, e.step, e.train_metric)
+            best = " (best)" if e.improved else ""
+            self._say(e, "info", f"epoch {e.epoch}: val loss {e.val_loss:.4f}, {e.metric} {e.val_metric:.4f}{best}")
+        else:
+            self._say(e, "action", f"evaluated at step {e.step}: val loss {e.val_loss:.4f}, "
+                                   f"{e.metric} {e.val_metric:.4f}")
+        self.dirty |= {"metric", "loss", "progress"}
+
+    def _on_Paused(self, e: ev.Paused) -> None:
+        self.status, self.paused_at = "PAUSED", e.t
+        self.marks.add(e.step, "pause", "paused")
+        self._say(e, "action", f"paused at step {e.step}" + (" (non-finite loss)" if e.reason == "nan" else ""))
+        self.dirty |= {"status", "loss"}
+
+    def _on_Resumed(self, e: ev.Resumed) -> None:
+        if self.paused_at is not None:
+            self.paused_total += max(0.0, e.t - self.paused_at)
+            self.paused_at = None
+        self.status = "RUNNING"
+        self._say(e, "action", f"resumed at step {e.step} after {e.paused_seconds:.1f} s")
+        self.dirty.add("status")
+
+    def _on_LRChanged(self, e: ev.LRChanged) -> None:
+        self.lr = e.new_lr
+        self.marks.add(e.step, "lr", f"lr {e.new_lr:.1e}")
+        self._say(e, "action", f"learning rate {e.old_lr:.3g} -> {e.new_lr:.3g} at step {e.step} "
+                               f"(x{e.multiplier:.3g} on the schedule)")
+        self.dirty |= {"lr", "loss", "progress"}
+
+    def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
+        from tuitrain.engine.checkpoint import size_text
+
+        if e.reason in ("manual", "stop", "interrupt", "end"):
+            self.marks.add(e.step, "checkpoint", "saved")
+            self.dirty.add("loss")
+        if e.reason in ("epoch", "best"):
+            return  # routine saves every epoch would drown the interventions
+        level = "action" if e.reason == "manual" else "info"
+        self._say(e, level, f"checkpoint {e.path} ({size_text(e.bytes)}, {e.reason}, step {e.step})")
+
+    def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
+        self._say(e, "error", f"could not save {e.path}: {e.error}; the previous checkpoint is intact")
+
+    def _on_CommandRejected(self, e: ev.CommandRejected) -> None:
+        self._say(e, "warning", f"{e.command} refused: {e.reason}")
+
+    def _on_NonFinite(self, e: ev.NonFinite) -> None:
+        what = {"stop": "stopping the run", "pause": "pausing", "skip": f"skipped {e.count} update(s)"}[e.action]
+        back = f"; weights rolled back to step {e.rolled_back_to}" if e.rolled_back_to is not None else ""
+        self._say(e, "warning", f"loss became NaN/Inf at step {e.step}: {what}{back}")
+        self.marks.add(e.step, "nan", "nan")
+        if e.rolled_back_to is not None:
+            for series in (self.loss, self.lr_used, self.grad_norm):
+                series.reset_after(e.rolled_back_to)
+        self.dirty.add("loss")
+
+    def _on_EarlyStop(self, e: ev.EarlyStop) -> None:
+        self._say(e, "warning", f"early stop after epoch {e.epoch}: no better validation loss for {e.patience} "
+                                f"epochs (best {e.best_val_loss:.4f} at epoch {e.best_epoch})")
+
+    def _on_Stopped(self, e: ev.Stopped) -> None:
+        self._say(e, "action", f"stopping at step {e.step}: {e.reason}")
+
+    def _on_RunFailed(self, e: ev.RunFailed) -> None:
+        self._say(e, "error", f"the run failed: {e.error}")
+        for line in e.traceback.rstrip().splitlines():
+            self._say(e, "error", line)
+
+    def _on_RunEnded(self, e: ev.RunEnded) -> None:
+        self.end_status, self.end_signal = e.status, e.summary.get("signal")
+        self.status = STATUS_WORDS.get(e.status, e.status.upper())
+        if self.paused_at is not None:
+            self.paused_total += max(0.0, e.t - self.paused_at)
+            self.paused_at = None
+        self.ended_at = e.t
+        self.step = e.step
+        s = e.summary
+        self._say(e, "error" if e.status == "failed" else "info",
+                  f"{e.status}: {s.get('reason', '')} ({s.get('steps', 0)} steps, "
+                  f"{s.get('steps_per_sec', 0):,.0f} steps/s); press q to quit")
+        self.dirty |= {"status", "progress"}

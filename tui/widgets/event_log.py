@@ -1,0 +1,23 @@
+"""Every intervention and its answer, checkpoints, warnings and errors, with time stamps."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from tuitrain.tui.state import LogLine
+
+
+class EventLog(RichLog):
+    COMPONENT_CLASSES = {"event-log--info", "event-log--action", "event-log--warning", "event-log--error"}
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(max_lines=2000, wrap=False, markup=False, highlight=False, **kwargs)  # type: ignore[arg-type]
+
+    def add(self, lines: list[LogLine]) -> None:
+        for line in lines:
+            style = self.get_component_rich_style(f"event-log--{line.level}", partial=True)
+            stamp = time.strftime("%H:%M:%S", time.localtime(line.t))
+            self.write(Text.assemble((f"{stamp} ", "dim"), (line.text, style)))

@@ -1,0 +1,26 @@
+"""The learning-rate plan from the engine's preview, the LR used so far, and now."""
+
+from __future__ import annotations
+
+from tuitrain.tui.state import DashboardState
+from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+
+
+class LRPlot(TrainPlot):
+    COMPONENT_CLASSES = {"lr-plot--plan", "lr-plot--used", "lr-plot--now"}
+
+    def replot(self, state: DashboardState) -> None:
+        now = f"{state.lr:.2e}" if state.lr is not None else "?"
+        self.start(f"learning rate  (now {now})")
+        plt = self.plt
+        px, py = finite_pairs(state.plan_steps, state.plan_lrs)
+        if px:
+            plt.plot(px, py, color=self.colour("lr-plot--plan"), label="plan")
+        if len(state.lr_used):
+            cols = state.lr_used.thin(self.columns)
+            ux, uy = finite_pairs(cols.x, cols.last)
+            if ux:
+                plt.plot(ux, uy, color=self.colour("lr-plot--used"), label="used")
+                plt.scatter([ux[-1]], [uy[-1]], color=self.colour("lr-plot--now"), marker="o")
+        plt.xlabel("step")
+        self.finish()

@@ -1,0 +1,25 @@
+"""Training and validation metric per epoch (accuracy, or the preset's regression metric)."""
+
+from __future__ import annotations
+
+from tuitrain.tui.state import DashboardState
+from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+
+
+class MetricPlot(TrainPlot):
+    COMPONENT_CLASSES = {"metric-plot--train", "metric-plot--val"}
+
+    def replot(self, state: DashboardState) -> None:
+        name = "accuracy" if state.metric == "acc" else state.metric
+        self.start(f"{name} per epoch")
+        plt = self.plt
+        for series, label, component in ((state.train_metric, "train", "metric-plot--train"),
+                                         (state.val_metric, "val", "metric-plot--val")):
+            points = series.points()
+            x, y = finite_pairs([p[0] for p in points], [p[2] for p in points])
+            if x:
+                plt.plot(x, y, color=self.colour(component), marker="dot", label=label)
+        if not state.val_metric.points():
+            plt.title(f"{name}: after the first epoch")
+        plt.xlabel("epoch")
+        self.finish()

@@ -1,0 +1,49 @@
+"""Shared plumbing for the dashboard's plotext plots.
+
+Colours come from the widget's component classes, so they live in app.tcss
+with the rest of the styling. A plot redraws only when `replot` is called
+with changed data, and draws at most one point per terminal column.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from textual_plotext import PlotextPlot
+
+
+class TrainPlot(PlotextPlot):
+    """A PlotextPlot with colours from tcss and helpers for thinned series."""
+
+    def colour(self, component: str) -> tuple[int, int, int] | str:
+        style = self.get_component_rich_style(component, partial=True)
+        if style.color is None:
+            return "default"
+        triplet = style.color.get_truecolor()
+        return (triplet.red, triplet.green, triplet.blue)
+
+    @property
+    def columns(self) -> int:
+        """How many x positions the plot area has (roughly: minus the y-axis labels)."""
+        return max(10, self.size.width - 10)
+
+    def start(self, title: str) -> None:
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title(title)
+
+    def finish(self) -> None:
+        self.refresh()
+
+
+def finite_pairs(xs: Iterable[float], ys: Iterable[float | None], *, positive: bool = False) -> tuple[list, list]:
+    """Drop points plotext cannot draw (None, NaN, Inf; non-positive on a log axis)."""
+    out_x, out_y = [], []
+    for x, y in zip(xs, ys):
+        if y is None or not math.isfinite(y) or (positive and y <= 0):
+            continue
+        out_x.append(x)
+        out_y.append(y)
+    return out_x, out_y

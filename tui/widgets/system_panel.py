@@ -1,0 +1,29 @@
+"""GPU, CPU and memory readings from the SystemSampler's latest snapshot."""
+
+from __future__ import annotations
+
+from textual.widgets import Static
+
+from tuitrain.engine.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts
+
+
+class SystemPanel(Static):
+    def show(self, snap: SystemSnapshot | None) -> None:
+        if snap is None:
+            self.update("system: sampling…")
+            return
+        lines = []
+        for gpu in snap.gpus:
+            lines.append(f"GPU{gpu.index} {gpu.name}")
+            lines.append(f"  util {fmt_percent(gpu.util_percent)} · mem {fmt_bytes(gpu.mem_used_bytes)}"
+                         f"/{fmt_bytes(gpu.mem_total_bytes)}")
+            lines.append(f"  {fmt_temp(gpu.temperature_c)} · {fmt_watts(gpu.power_w, gpu.power_limit_w)}")
+        if not snap.gpus:
+            lines.append(f"GPU: {snap.gpu_note or 'none'}")
+        for mem in snap.torch_cuda:
+            lines.append(f"torch cuda:{mem.device_index} alloc {fmt_bytes(mem.allocated_bytes)} · "
+                         f"reserved {fmt_bytes(mem.reserved_bytes)} · peak {fmt_bytes(mem.peak_bytes)}")
+        lines.append(f"CPU {fmt_percent(snap.cpu_percent)} · RAM {fmt_bytes(snap.ram_used_bytes)}"
+                     f"/{fmt_bytes(snap.ram_total_bytes)}")
+        lines.append(f"process RSS {fmt_bytes(snap.process_rss_bytes)}")
+        self.update("\n".join(lines))
