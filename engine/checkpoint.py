@@ -118,31 +118,34 @@ class CheckpointWriter:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[bytes, list[Path], int, str] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[bytes, list[Path], int, str, bool] | None] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[SaveResult] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._pending = 0
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
 
-    def submit(self, data: bytes, paths: list[Path], step: int, reason: str) -> None:
+    def submit(self, data: bytes, paths: list[Path], step: int, reason: str, *, report: bool = True) -> None:
+        """Queue `data` to be written atomically to each path; `report=False` keeps the result quiet
+        unless it fails."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="tuitrain-checkpoints", daemon=True)
             self._thread.start()
         with self._lock:
             self._pending += 1
-        self._jobs.put((data, paths, step, reason))
+        self._jobs.put((data, paths, step, reason, report))
 
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            data, paths, step, reason = job
+            data, paths, step, reason, report = job
             for path in paths:
                 try:
                     size = atomic_write_bytes(path, lambda f: f.write(data))
-                    self._done.put(SaveResult(path, step, reason, size=size))
+                    if report:
+                        self._done.put(SaveResult(path, step, reason, size=size))
                 except Exception as exc:  # full disk, read-only folder, ...
                     self._done.put(SaveResult(path, step, reason, error=f"{type(exc).__name__}: {exc}"))
             with self._lock:

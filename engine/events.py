@@ -22,13 +22,14 @@ def _finite_or_none(value: float | None) -> float | None:
     return None
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
+    """The value with every non-finite float replaced by None (for strict JSON)."""
     if isinstance(value, float):
         return _finite_or_none(value)
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -44,7 +45,7 @@ class Event:
     record_kind: ClassVar[str] = "event"
 
     def to_dict(self) -> dict[str, Any]:
-        body = _clean(asdict(self))
+        body = clean_json(asdict(self))
         if self.record_kind == "event":
             return {"kind": "event", "event": self.name, **body}
         return {"kind": self.record_kind, **body}

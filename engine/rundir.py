@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .checkpoint import atomic_write_text
+from .checkpoint import atomic_write_bytes, atomic_write_text
+from .events import clean_json
 
 
 class RunDirError(Exception):
@@ -54,8 +55,13 @@ class RunDir:
         return self
 
     # -- files ----------------------------------------------------------------
+    @staticmethod
+    def json_bytes(data: Any) -> bytes:
+        # Strict JSON: a NaN/Inf number is written as null.
+        return (json.dumps(clean_json(data), indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
+
     def write_json(self, name: str, data: Any) -> None:
-        atomic_write_text(self.path / name, json.dumps(data, indent=2, allow_nan=False, default=str) + "\n")
+        atomic_write_bytes(self.path / name, lambda f: f.write(self.json_bytes(data)))
 
     def read_json(self, name: str, default: Any = None) -> Any:
         try:

@@ -507,7 +507,9 @@ class Trainer:
         if not math.isfinite(ev.val_loss):
             self._non_finite(self.step, what="validation loss")
         self._save({"latest.pt": "epoch", **({"best.pt": "best"} if ev.improved else {})})
-        self._safe(lambda: self.rundir.write_json("history.json", self.history))
+        # Off the training thread: an fsync can take longer than a whole epoch.
+        self._writer.submit(self.rundir.json_bytes(self.history), [self.rundir.path / "history.json"],
+                            self.step, "history", report=False)
         if self.granularity in ("epoch", "metric"):
             self._emit_preview()
         self.rundir.flush()
