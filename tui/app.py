@@ -1,13 +1,15 @@
 """The live dashboard: a Textual app that trains in a thread worker and steers by keys.
 
 Data flow (DESIGN.md): keys -> commands -> engine thread; engine -> bounded
-EventBuffer -> a timer here (5 Hz) -> DashboardState -> widgets, inside
+EventBuffer -> a timer here (4 Hz) -> DashboardState -> widgets, inside
 batch_update(). The engine never touches the UI; plots redraw only when
-their data changed, at most twice a second.
+their data changed, at most once a second.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
     from tuitrain.engine.trainer import Trainer
     from tuitrain.tui.cli import PreparedRun, SignalRelay
 
+#: Seconds between progress-panel repaints (the step counter moves every tick).
+PROGRESS_INTERVAL = 0.5
+#: Seconds between LR-plot redraws while only the "used" curve grows.
+LR_PLOT_INTERVAL = 3.0
+
 #: Actions that steer a live run; greyed out once it has ended.
 STEERING = ("toggle_pause", "set_lr", "save", "stop")
 
@@ -58,7 +65,7 @@ class TuitrainApp(App[int]):
         Binding("question_mark", "help", "Help", id="help"),
     ]
 
-    def __init__(self, trainer: "Trainer", *, refresh_hz: float = 5.0, plot_interval: float = 0.5,
+    def __init__(self, trainer: "Trainer", *, refresh_hz: float = 4.0, plot_interval: float = 1.0,
                  sampler: SystemSampler | None = None) -> None:
         super().__init__()
         self.trainer = trainer
@@ -72,9 +79,13 @@ class TuitrainApp(App[int]):
         self.engine_done = threading.Event()
         self._quit_requested = False
         self._last_plot = 0.0
+        self._last_lr_plot = 0.0
+        self._last_progress = 0.0
+        self._progress_dirty = False
         self._plots_dirty: set[str] = set()
         self._snapshot: Any = None
         self._ended_seen = False
+        self._bindings_status = self.state.status
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -121,40 +132,48 @@ class TuitrainApp(App[int]):
         snapshot = self.sampler.latest()
         dirty = state.dirty
         state.dirty = set()
-        self._plots_dirty |= dirty & {"loss", "metric", "lr"}
+        self._plots_dirty |= dirty & {"loss", "metric", "lr", "plan"}
+        self._progress_dirty |= "progress" in dirty
         now = time.monotonic()
+        ended = not state.running
         with self.batch_update():
-            self.query_one(StatusBar).show(state)  # the clock moves every tick
-            if "progress" in dirty:
+            self.query_one(StatusBar).show(state)  # repaints only when the second or the status changes
+            if self._progress_dirty and (now - self._last_progress >= PROGRESS_INTERVAL or ended):
                 self.query_one(ProgressPanel).show(state)
+                self._progress_dirty, self._last_progress = False, now
             lines = state.take_log()
             if lines:
                 self.query_one(EventLog).add(lines)
             if snapshot is not self._snapshot:
                 self._snapshot = snapshot
                 self.query_one(SystemPanel).show(snapshot)
-            if self._plots_dirty and (now - self._last_plot >= self.plot_interval or not state.running):
-                self._replot()
+            if self._plots_dirty and (now - self._last_plot >= self.plot_interval or ended):
+                self._replot(now, force=ended)
                 self._last_plot = now
         if not state.running and not self._ended_seen:
             self._ended_seen = True
-            self.refresh_bindings()
             if state.end_signal:
                 self._finish(128 + int(state.end_signal))
         if self._quit_requested and not state.running:
             self._finish(self._exit_code_for_end())
-        if "status" in dirty:
+        if state.status != self._bindings_status:
+            # The Footer recomposes on refresh_bindings: only when the status word changes.
+            self._bindings_status = state.status
             self.refresh_bindings()
 
-    def _replot(self) -> None:
+    def _replot(self, now: float, *, force: bool = False) -> None:
         state, dirty = self.state, self._plots_dirty
         if "loss" in dirty:
             self.query_one(LossPlot).replot(state, smoothing=self.smoothing, log_scale=self.log_scale)
         if "metric" in dirty:
             self.query_one(MetricPlot).replot(state)
-        if "lr" in dirty:
+        # The LR curve moves slowly; redraw it at once only when the plan changed.
+        lr_due = "plan" in dirty or now - self._last_lr_plot >= LR_PLOT_INTERVAL or force
+        if "lr" in dirty and lr_due or "plan" in dirty:
             self.query_one(LRPlot).replot(state)
-        self._plots_dirty = set()
+            self._last_lr_plot = now
+            dirty -= {"lr", "plan"}
+        self._plots_dirty = dirty & {"lr"}
 
     def _exit_code_for_end(self) -> int:
         if self.state.end_signal:
@@ -227,6 +246,29 @@ class TuitrainApp(App[int]):
         yield SystemCommand("Keys", "?: every key", self.action_help)
 
 
+SWITCH_INTERVAL = 0.02
+
+#: Seconds Textual gets to restore the terminal and return once the run is over
+#: and an exit was asked for, before the process exits on its own.
+EXIT_GRACE = 5.0
+
+
+def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.Event) -> None:
+    """Make sure a finished, saved run always ends the process.
+
+    When the terminal is gone (SIGHUP: the SSH connection dropped), Textual can
+    block for ever writing to it while shutting down. The checkpoint is on disk
+    by then, so after a grace period the process exits with the right status.
+    """
+    while not returned.wait(0.2):
+        wants_exit = app.exit_code is not None or relay.received is not None
+        if wants_exit and app.engine_done.is_set():
+            if returned.wait(EXIT_GRACE):
+                return
+            code = app.exit_code if app.exit_code is not None else 128 + int(relay.received or 0)
+            os._exit(code)
+
+
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     """Build the trainer, run the dashboard until the user quits, return the exit status."""
     from tuitrain.tui.headless import build_or_fail
@@ -244,9 +286,18 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
         run.discard()
         raise
     app = TuitrainApp(trainer)
+    # The UI and the engine share the GIL. A longer switch interval than
+    # Python's 5 ms lets the engine keep it through its many short releases
+    # instead of handing it to the UI each time; keys still answer within
+    # tens of ms (measured: tests/perf/bench_dashboard.py).
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    returned = threading.Event()
+    threading.Thread(target=_exit_watchdog, args=(app, relay, returned), name="tuitrain-exit-watchdog",
+                     daemon=True).start()
     try:
         app.run()
     finally:
+        returned.set()
         app.sampler.stop()
         if not app.engine_done.is_set():
             # The app ended without the run ending (an error, or a lost terminal):

@@ -70,7 +70,7 @@ class DashboardState:
     log: list[LogLine] = field(default_factory=list)
     """New log lines since the widgets last took them."""
     dirty: set[str] = field(default_factory=set)
-    """Which parts changed: 'loss', 'metric', 'lr', 'progress', 'status'."""
+    """Which parts changed: 'loss', 'metric', 'lr', 'plan', 'progress', 'status'."""
 
     # -- feeding ---------------------------------------------------------------
     def apply_all(self, events: list[ev.Event]) -> None:
@@ -129,7 +129,7 @@ class DashboardState:
 
     def _on_SchedulePreview(self, e: ev.SchedulePreview) -> None:
         self.plan_steps, self.plan_lrs = list(e.steps), list(e.lrs)
-        self.dirty.add("lr")
+        self.dirty |= {"lr", "plan"}
 
     def _on_StepStats(self, e: ev.StepStats) -> None:
         self.loss.extend(e.steps, e.loss)
@@ -152,8 +152,8 @@ class DashboardState:
                 self.train_loss.add(e.epoch, e.step, e.train_loss)
             if e.train_metric is not None:
                 self.train_metric.add(e.epoch, e.step, e.train_metric)
-            best = " (best)" if e.improved else ""
-            self._say(e, "info", f"epoch {e.epoch}: val loss {e.val_loss:.4f}, {e.metric} {e.val_metric:.4f}{best}")
+            # Epoch results are in the plots and the progress panel; the log
+            # keeps interventions, warnings and errors readable.
         else:
             self._say(e, "action", f"evaluated at step {e.step}: val loss {e.val_loss:.4f}, "
                                    f"{e.metric} {e.val_metric:.4f}")
@@ -175,6 +175,7 @@ class DashboardState:
 
     def _on_LRChanged(self, e: ev.LRChanged) -> None:
         self.lr = e.new_lr
+        self.dirty.add("plan")
         self.marks.add(e.step, "lr", f"lr {e.new_lr:.1e}")
         self._say(e, "action", f"learning rate {e.old_lr:.3g} -> {e.new_lr:.3g} at step {e.step} "
                                f"(x{e.multiplier:.3g} on the schedule)")

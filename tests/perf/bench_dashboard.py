@@ -1,6 +1,6 @@
 """Benchmarks for the dashboard (issue 3), each printed as a ratio or a bound.
 
-    python tests/perf/bench_dashboard.py [--repeats 3] [--epochs 60] [--skip-throughput]
+    python tests/perf/bench_dashboard.py [--repeats 3] [--epochs 60] [--skip-throughput | --only-throughput]
 
 1. throughput: `tuitrain --preset circles` with the dashboard in a real
    terminal (tmux, 120x40) against `--headless`, same config, alternating;
@@ -213,9 +213,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--only-throughput", action="store_true")
     args = parser.parse_args()
     if not args.skip_throughput:
         bench_throughput(args.repeats, args.epochs)
+    if args.only_throughput:
+        return
     bench_plot_cost()
     bench_key_latency()
     bench_memory()

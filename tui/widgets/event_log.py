@@ -17,7 +17,13 @@ class EventLog(RichLog):
         super().__init__(max_lines=2000, wrap=False, markup=False, highlight=False, **kwargs)  # type: ignore[arg-type]
 
     def add(self, lines: list[LogLine]) -> None:
-        for line in lines:
+        """One write per batch: each write costs a refresh, whatever its size."""
+        text = Text()
+        for i, line in enumerate(lines):
             style = self.get_component_rich_style(f"event-log--{line.level}", partial=True)
             stamp = time.strftime("%H:%M:%S", time.localtime(line.t))
-            self.write(Text.assemble((f"{stamp} ", "dim"), (line.text, style)))
+            if i:
+                text.append("\n")
+            text.append(f"{stamp} ", "dim")
+            text.append(line.text, style)
+        self.write(text)

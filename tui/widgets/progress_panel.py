@@ -2,33 +2,45 @@
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import Label, ProgressBar, Static
+from rich.style import Style
+from rich.text import Text
 
 from tuitrain.tui.state import DashboardState
+from tuitrain.tui.widgets.text_panel import TextPanel
 
 
-class ProgressPanel(Vertical):
-    def compose(self) -> ComposeResult:
-        yield Label("epoch", id="epoch-label")
-        yield ProgressBar(id="epoch-bar", show_eta=False)
-        yield Label("step", id="step-label")
-        yield ProgressBar(id="step-bar", show_eta=False)
-        yield Static("", id="progress-stats")
+class ProgressPanel(TextPanel):
+    COMPONENT_CLASSES = {"progress-panel--bar", "progress-panel--done"}
 
     def show(self, state: DashboardState) -> None:
         epochs = max(1, state.epochs)
-        done_epochs = min(epochs, state.epoch - 1 + (1 if not state.running and state.epoch_step >= state.steps_per_epoch else 0))
-        self.query_one("#epoch-label", Label).update(f"epoch {min(state.epoch, epochs)}/{epochs}")
-        self.query_one("#epoch-bar", ProgressBar).update(total=epochs, progress=done_epochs)
-        self.query_one("#step-label", Label).update(
-            f"step {state.epoch_step}/{state.steps_per_epoch} · total {state.step:,}/{state.total_steps:,}")
-        self.query_one("#step-bar", ProgressBar).update(total=state.steps_per_epoch, progress=state.epoch_step)
+        epoch = min(state.epoch, epochs)
+        finished_epoch = state.epoch_step >= state.steps_per_epoch
+        done_epochs = min(epochs, epoch - 1 + (1 if finished_epoch else 0))
         best = "--" if state.best_val_loss is None else f"{state.best_val_loss:.4f} (epoch {state.best_epoch})"
         patience = "off" if not state.patience else f"{state.patience_used}/{state.patience}"
         lr = "--" if state.lr is None else f"{state.lr:.3e}"
-        self.query_one("#progress-stats", Static).update(
-            f"{state.steps_per_sec:,.0f} steps/s · {state.samples_per_sec:,.0f} samples/s\n"
-            f"best val loss {best}\n"
-            f"patience {patience} · lr {lr}")
+        lines = (
+            f"epoch {epoch}/{epochs}",
+            f"step {state.epoch_step}/{state.steps_per_epoch} · total {state.step:,}/{state.total_steps:,}",
+            f"{state.steps_per_sec:,.0f} steps/s · {state.samples_per_sec:,.0f} samples/s",
+            f"best val loss {best}",
+            f"patience {patience} · lr {lr}",
+        )
+        key = (lines, done_epochs, self.size.width)
+        if key == self._key:
+            return
+        width = max(10, self.size.width)
+        bar = self.get_component_rich_style("progress-panel--bar", partial=True)
+        done = self.get_component_rich_style("progress-panel--done", partial=True)
+        text = Text(lines[0] + "\n")
+        text.append_text(_bar(epochs, done_epochs, width, bar, done))
+        text.append("\n" + lines[1] + "\n")
+        text.append_text(_bar(state.steps_per_epoch, state.epoch_step, width, bar, done))
+        text.append("\n" + "\n".join(lines[2:]))
+        self.set_content(text, key)
+
+
+def _bar(total: int, completed: int, width: int, rest: Style, done: Style) -> Text:
+    filled = round(width * min(1.0, completed / max(1, total)))
+    return Text.assemble(("━" * filled, done), ("━" * (width - filled), rest))

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import time
 
-from textual.app import ComposeResult
-from textual.containers import Horizontal
-from textual.widgets import Static
+from rich.text import Text
 
 from tuitrain.tui.state import DashboardState
-
-STATUS_CLASSES = ("-running", "-paused", "-stopped", "-finished", "-failed")
+from tuitrain.tui.widgets.text_panel import TextPanel
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -22,24 +19,23 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-class StatusBar(Horizontal):
-    DEFAULT_CSS = """
-    StatusBar { height: 1; }
-    StatusBar > Static { width: auto; }
-    """
-
-    def compose(self) -> ComposeResult:
-        yield Static("tuitrain", id="status-title")
-        yield Static("RUNNING", id="status-word", classes="-running")
-        yield Static("", id="status-clock")
+class StatusBar(TextPanel):
+    COMPONENT_CLASSES = {"status-bar--title", "status-bar--clock", "status-bar--running", "status-bar--paused",
+                         "status-bar--stopped", "status-bar--finished", "status-bar--failed"}
 
     def show(self, state: DashboardState) -> None:
-        self.query_one("#status-title", Static).update(f" tuitrain · {state.preset} · {state.device} ")
-        word = self.query_one("#status-word", Static)
-        word.update(f" {state.status} ")
-        word.set_classes(f"-{state.status.lower()}")
+        elapsed = fmt_duration(state.elapsed(time.time()))
         eta = state.eta()
-        tail = f" elapsed {fmt_duration(state.elapsed(time.time()))}"
+        clock = f" elapsed {elapsed}"
         if eta is not None and state.status == "RUNNING":
-            tail += f" · ETA {fmt_duration(eta)}"
-        self.query_one("#status-clock", Static).update(tail)
+            clock += f" · ETA {fmt_duration(eta)}"
+        key = (state.preset, state.device, state.status, clock)
+        if key == self._key:
+            return
+        word = self.get_component_rich_style(f"status-bar--{state.status.lower()}", partial=True)
+        text = Text.assemble(
+            (f" tuitrain · {state.preset} · {state.device} ", self.get_component_rich_style("status-bar--title")),
+            (f" {state.status} ", word),
+            (clock, self.get_component_rich_style("status-bar--clock")),
+        )
+        self.set_content(text, key)

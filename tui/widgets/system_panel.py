@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from textual.widgets import Static
+from rich.text import Text
 
 from tuitrain.engine.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts
+from tuitrain.tui.widgets.text_panel import TextPanel
 
 
-class SystemPanel(Static):
+class SystemPanel(TextPanel):
     def show(self, snap: SystemSnapshot | None) -> None:
         if snap is None:
-            self.update("system: sampling…")
+            self.set_content(Text("system: sampling…"), None)
             return
         lines = []
         for gpu in snap.gpus:
-            lines.append(f"GPU{gpu.index} {gpu.name}")
+            lines.append(f"GPU{gpu.index} {gpu.name or 'N/A'}")
             lines.append(f"  util {fmt_percent(gpu.util_percent)} · mem {fmt_bytes(gpu.mem_used_bytes)}"
                          f"/{fmt_bytes(gpu.mem_total_bytes)}")
             lines.append(f"  {fmt_temp(gpu.temperature_c)} · {fmt_watts(gpu.power_w, gpu.power_limit_w)}")
@@ -26,4 +27,5 @@ class SystemPanel(Static):
         lines.append(f"CPU {fmt_percent(snap.cpu_percent)} · RAM {fmt_bytes(snap.ram_used_bytes)}"
                      f"/{fmt_bytes(snap.ram_total_bytes)}")
         lines.append(f"process RSS {fmt_bytes(snap.process_rss_bytes)}")
-        self.update("\n".join(lines))
+        text = "\n".join(lines)
+        self.set_content(Text(text), text)
