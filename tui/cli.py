@@ -133,8 +133,8 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if headless:
         from tuitrain.tui.headless import run_headless
         return run_headless(run, relay)
-    from tuitrain.tui.dashboard_entry import run_dashboard
-    return run_dashboard(run, relay)
+    from tuitrain.tui.app import run_app
+    return run_app(run, relay)
 
 
 def _list_presets() -> int:
