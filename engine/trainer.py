@@ -690,8 +690,14 @@ class Trainer:
             self.emit(CommandRejected(self.step, now, command="set_lr",
                                       reason="the schedule is at zero here, so it cannot be scaled"))
             return
+        multiplier = float(lr) / sched_lr
+        if not math.isfinite(multiplier) or multiplier <= 0:
+            self.emit(CommandRejected(self.step, now, command="set_lr",
+                                      reason=f"{lr:g} is out of range for the schedule's current "
+                                             f"{sched_lr:g}"))
+            return
         old = sched_lr * self.multiplier
-        self.multiplier = float(lr) / sched_lr
+        self.multiplier = multiplier
         self.emit(LRChanged(self.step, now, old_lr=old, new_lr=float(lr), multiplier=self.multiplier))
         self._emit_preview()
 

@@ -54,14 +54,14 @@ class TuitrainApp(App[int]):
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
     VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
     BINDINGS = [
-        Binding("p", "toggle_pause", "Pause/Resume", id="pause"),
-        Binding("l", "set_lr", "Set LR", id="set-lr"),
-        Binding("s", "save", "Save", id="save"),
-        Binding("x", "stop", "Stop", id="stop"),
-        Binding("q", "quit_run", "Quit", id="quit"),
+        Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause or resume training"),
+        Binding("l", "set_lr", "LR", id="set-lr", tooltip="set the learning rate"),
+        Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
+        Binding("x", "stop", "Stop", id="stop", tooltip="stop early: evaluate, save, keep the dashboard"),
+        Binding("q", "quit_run", "Quit", id="quit", tooltip="quit (stops and saves first)"),
         Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less"),
         Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more"),
-        Binding("y", "toggle_log", "Log y", id="log-scale"),
+        Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
         Binding("question_mark", "help", "Help", id="help"),
     ]
 
@@ -105,6 +105,13 @@ class TuitrainApp(App[int]):
         self.run_engine()
         self.set_interval(1 / self.refresh_hz, self.drain)
 
+    def on_unmount(self) -> None:
+        # However the app closes (an error in the UI, say), a live run is told to
+        # stop and save: Textual waits for the engine's worker thread before
+        # app.run() returns, so the run must end for the process to end.
+        if not self.engine_done.is_set():
+            self.trainer.commands.put(Stop(reason="the dashboard closed"))
+
     # -- the engine ---------------------------------------------------------------
     @work(thread=True, exclusive=True, exit_on_error=False, group="engine", name="engine")
     def run_engine(self) -> Any:
@@ -125,6 +132,8 @@ class TuitrainApp(App[int]):
 
     def drain(self) -> None:
         """Timer: take every pending event, update what changed, in one batch."""
+        if not self.is_running:
+            return  # shutting down: the widgets may be gone
         events = self.trainer.events.drain()
         state = self.state
         if events:
@@ -181,6 +190,8 @@ class TuitrainApp(App[int]):
         return 1 if self.state.end_status == "failed" else 0
 
     def _finish(self, code: int) -> None:
+        if self.exit_code is not None:
+            return
         self.exit_code = code
         self.sampler.stop()
         self.exit(code, return_code=code)
@@ -196,8 +207,12 @@ class TuitrainApp(App[int]):
 
     def action_set_lr(self) -> None:
         def apply(value: float | None) -> None:
-            if value is not None and self.state.running:
+            if value is None:
+                return
+            if self.state.running:
                 self.trainer.commands.put(SetLR(value))
+            else:
+                self.notify("The run has ended; the learning rate was not changed.", severity="warning")
 
         self.push_screen(LRDialog(self.state.lr), apply)
 
@@ -207,7 +222,17 @@ class TuitrainApp(App[int]):
     def action_stop(self) -> None:
         self.trainer.commands.put(Stop(reason="stopped from the dashboard"))
 
+    def action_help_quit(self) -> None:
+        """ctrl+c: point at the key that quits safely."""
+        self.notify("Press q to quit (a running training is stopped and saved first).")
+
+    async def action_quit(self) -> None:
+        """ctrl+q (Textual's own quit key) quits the same safe way as q."""
+        self.action_quit_run()
+
     def action_quit_run(self) -> None:
+        if self.engine_done.is_set():
+            self.drain()  # the run ended: take its last events before choosing the exit status
         if self.state.running and not self.engine_done.is_set():
             if not self._quit_requested:
                 self._quit_requested = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from rich.text import Text
 from textual.widgets import RichLog
@@ -14,7 +15,9 @@ class EventLog(RichLog):
     COMPONENT_CLASSES = {"event-log--info", "event-log--action", "event-log--warning", "event-log--error"}
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=2000, wrap=False, markup=False, highlight=False, **kwargs)  # type: ignore[arg-type]
+        super().__init__(max_lines=2000, wrap=True, markup=False, highlight=False, **kwargs)  # type: ignore[arg-type]
+        self.entries: deque[str] = deque(maxlen=2000)
+        """The logical lines written, unwrapped (the screen wraps long ones)."""
 
     def add(self, lines: list[LogLine]) -> None:
         """One write per batch: each write costs a refresh, whatever its size."""
@@ -22,6 +25,7 @@ class EventLog(RichLog):
         for i, line in enumerate(lines):
             style = self.get_component_rich_style(f"event-log--{line.level}", partial=True)
             stamp = time.strftime("%H:%M:%S", time.localtime(line.t))
+            self.entries.append(f"{stamp} {line.text}")
             if i:
                 text.append("\n")
             text.append(f"{stamp} ", "dim")

@@ -35,6 +35,9 @@ class LossPlot(TrainPlot):
         lo, hi = (cols.x[0], cols.x[-1]) if cols.x else (0, 1)
         for step, kind, _label in state.marks.in_range(lo, hi):
             plt.vline(step, self.colour(MARK_COMPONENTS.get(kind, "loss-plot--mark-lr")))
+        all_x = x + vx
+        if all_x:
+            self.integer_xticks(min(all_x), max(all_x))
         if log_scale:
             plt.yscale("log")
         plt.xlabel("step")

@@ -22,5 +22,8 @@ class LRPlot(TrainPlot):
             if ux:
                 plt.plot(ux, uy, color=self.colour("lr-plot--used"), label="used")
                 plt.scatter([ux[-1]], [uy[-1]], color=self.colour("lr-plot--now"), marker="o")
+        xs = px + [int(v) for v in (state.lr_used.thin(2).x if len(state.lr_used) else [])]
+        if xs:
+            self.integer_xticks(min(xs), max(xs))
         plt.xlabel("step")
         self.finish()

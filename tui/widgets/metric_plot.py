@@ -19,6 +19,9 @@ class MetricPlot(TrainPlot):
             x, y = finite_pairs([p[0] for p in points], [p[2] for p in points])
             if x:
                 plt.plot(x, y, color=self.colour(component), marker="dot", label=label)
+        epochs = [p.epoch for p in state.val_metric.points()] + [p.epoch for p in state.train_metric.points()]
+        if epochs:
+            self.integer_xticks(min(epochs), max(epochs), count=min(5, max(epochs) - min(epochs) + 1))
         if not state.val_metric.points():
             plt.title(f"{name}: after the first epoch")
         plt.xlabel("epoch")

@@ -34,6 +34,15 @@ class TrainPlot(PlotextPlot):
         plt.clear_figure()
         plt.title(title)
 
+    def integer_xticks(self, lo: float, hi: float, count: int = 5) -> None:
+        """Steps and epochs are whole numbers: label the x axis with integers."""
+        lo, hi = int(lo), int(hi)
+        if hi <= lo:
+            self.plt.xticks([lo])
+            return
+        ticks = sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)})
+        self.plt.xticks(ticks, [f"{t:,}" for t in ticks])
+
     def finish(self) -> None:
         self.refresh()
 
