@@ -24,7 +24,7 @@ from tuitrain.engine import events as ev
 from tuitrain.engine.commands import CommandQueue, Stop
 from tuitrain.engine.config import RunConfig
 from tuitrain.engine.rundir import read_metrics
-from tuitrain.engine.system import GpuStats, SystemSnapshot
+from tuitrain.engine.system import SystemSnapshot
 from tuitrain.engine.trainer import Trainer
 from tuitrain.presets.base import Preset
 
@@ -39,13 +39,26 @@ GIB = 1024 ** 3
 # -- fake system sampler --------------------------------------------------------------
 
 def two_gpu_snapshot() -> SystemSnapshot:
-    """A fixed machine with two GPUs and fixed CPU/RAM readings."""
+    """A fixed machine: two GPUs read through the real NVML wrapper from a fake pynvml,
+    and fixed CPU/RAM readings (psutil's would change between runs)."""
+    from test_system import FakeGpu, fake_pynvml
+
+    from tuitrain.engine.system import Nvml
+
+    nvml = Nvml(fake_pynvml([
+        FakeGpu(name=b"NVIDIA Fake A100", util=87, used=30 * GIB, total=80 * GIB, temp=64,
+                power_mw=250_000, limit_mw=400_000),
+        FakeGpu(name="NVIDIA Fake T4", util=12, used=2 * GIB, total=16 * GIB, temp=41,
+                power_mw=28_500, limit_mw=70_000),
+    ]))
+    ok, reason = nvml.init()
+    assert ok, reason
+    gpus = tuple(nvml.gpu_stats(i) for i in range(nvml.device_count() or 0))
+    nvml.shutdown()
+    assert len(gpus) == 2
     return SystemSnapshot(
         t=1_700_000_000.0, cpu_percent=37.5, ram_used_bytes=12.5 * GIB, ram_total_bytes=64 * GIB,
-        process_rss_bytes=1.25 * GIB,
-        gpus=(GpuStats(0, "NVIDIA Fake A100", 87.0, 30 * GIB, 80 * GIB, 64.0, 250.0, 400.0),
-              GpuStats(1, "NVIDIA Fake T4", 12.0, 2 * GIB, 16 * GIB, 41.0, 28.5, 70.0)),
-        gpu_note=None, torch_cuda=())
+        process_rss_bytes=1.25 * GIB, gpus=gpus, gpu_note=None, torch_cuda=())
 
 
 def cpu_only_snapshot() -> SystemSnapshot:
