@@ -52,7 +52,7 @@ class TuitrainApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "tuitrain"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (30, "-tall")]
+    VERTICAL_BREAKPOINTS = [(0, "-tiny"), (20, "-short"), (30, "-tall")]
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause or resume training"),
         Binding("l", "set_lr", "LR", id="set-lr", tooltip="set the learning rate"),
