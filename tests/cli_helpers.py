@@ -178,7 +178,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.001)
+        time.sleep(0.001)  # wait-ok: poll interval inside a condition wait with a deadline
 
 
 def reset_sighup() -> None:

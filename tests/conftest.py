@@ -200,7 +200,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str =
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
+        time.sleep(0.002)  # wait-ok: poll interval inside a condition wait with a deadline
 
 
 def weights(state_or_model: Any) -> dict[str, torch.Tensor]:

@@ -108,7 +108,7 @@ class Throttled(Probe):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.delay:
-            time.sleep(self.delay)  # the model's own cost, not a wait in the test
+            time.sleep(self.delay)  # wait-ok: the model's own cost, not a wait in the test
         return super().forward(x)
 
 
@@ -163,7 +163,7 @@ async def until(pilot: Any, predicate: Callable[[], Any], what: str, timeout: fl
             return value
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # wait-ok: poll interval inside a condition wait with a deadline
 
 
 async def ticks(pilot: Any, sampler: FakeSampler, n: int = 3) -> None:

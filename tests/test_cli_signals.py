@@ -139,7 +139,7 @@ def test_signal_while_the_preset_builds_its_data(tmp_path: Path) -> None:
 
         def make_data(seed):
             print("making data", flush=True)
-            time.sleep(120)  # interrupted by the test's signal
+            time.sleep(120)  # wait-ok: a slow preset, interrupted by the test's signal
 
         def make_model():
             return nn.Linear(2, 2)

@@ -84,7 +84,7 @@ class Tmux:
                 return text
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out after {timeout}s waiting for {what}; the screen:\n{text}")
-            time.sleep(0.05)  # poll interval of a condition wait
+            time.sleep(0.05)  # wait-ok: poll interval inside a condition wait with a deadline
 
     def wait_text(self, needle: str, timeout: float = DEADLINE) -> str:
         return self.wait_screen(lambda s: needle in s, repr(needle), timeout)
@@ -98,7 +98,7 @@ def wait_file(path: Path, timeout: float, tmux: Tmux) -> str:
     while not path.exists():
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {path.name}; the screen:\n{tmux.screen()}")
-        time.sleep(0.05)
+        time.sleep(0.05)  # wait-ok: poll interval inside a condition wait with a deadline
     return path.read_text()
 
 
