@@ -126,7 +126,7 @@ def test_the_lr_multiplier_survives_a_resume(tmp_path):
     cfg = make_cfg(epochs=3, scheduler="cosine")
     preset = classifier_preset(dropout=0.3)
     straight = run(cfg, preset, tmp_path / "a", at={5: [SetLR(0.02)]})
-    part = run(cfg, preset, tmp_path / "b", at={5: [SetLR(0.02)], 11: [Stop()]})
+    run(cfg, preset, tmp_path / "b", at={5: [SetLR(0.02)], 11: [Stop()]})
     state = ckpt.load(tmp_path / "b" / "checkpoints" / "latest.pt")
     assert state["lr_multiplier"] == pytest.approx(0.4)
     resumed = run(cfg, preset, tmp_path / "b", resume=state)

@@ -296,20 +296,9 @@ def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.E
 
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     """Build the trainer, run the dashboard until the user quits, return the exit status."""
-    from tuitrain.tui.headless import build_or_fail
-
-    try:
-        trainer = build_or_fail(run)
-    except BaseException:
-        run.discard()
-        raise
+    trainer = run.start(relay)
     if isinstance(trainer, int):
         return trainer
-    try:
-        relay.attach(trainer.commands)
-    except BaseException:
-        run.discard()
-        raise
     app = TuitrainApp(trainer)
     # The UI and the engine share the GIL. A longer switch interval than
     # Python's 5 ms lets the engine keep it through its many short releases

@@ -238,17 +238,49 @@ class PreparedRun:
         self.created = created
         """The outermost folder this run created (None when the run directory existed)."""
 
-    def build(self, **trainer_kwargs: Any) -> Any:
-        """Build the Trainer; a checkpoint that does not fit is exit 2, a crash in preset code exit 1."""
+    def start(self, relay: "SignalRelay", **trainer_kwargs: Any) -> Any:
+        """Build the Trainer and route signals to it; an int is the exit status of a run that could not start.
+
+        A checkpoint that does not fit is bad input (exit 2); a crash in the
+        preset's own code while building data or model is a failed run
+        (exit 1, error.txt and summary.json written). An interruption while
+        building leaves no empty run directory behind.
+        """
+        try:
+            trainer = self._build_or_record_failure(**trainer_kwargs)
+            if not isinstance(trainer, int):
+                relay.attach(trainer.commands)
+            return trainer
+        except BaseException:
+            self.discard()
+            raise
+
+    def _build_or_record_failure(self, **trainer_kwargs: Any) -> Any:
+        import traceback
+
         from tuitrain.engine import checkpoint as ckpt
         from tuitrain.engine.config import ConfigError
+        from tuitrain.engine.rundir import RunDir
         from tuitrain.engine.trainer import Trainer
 
         try:
             return Trainer(self.cfg, self.preset, self.run_dir, resume=self.state, **trainer_kwargs)
         except (ckpt.CheckpointError, ConfigError) as exc:
-            self.discard()
             raise UsageError(str(exc)) from None
+        except Exception as exc:
+            tb = traceback.format_exc()
+            print(tb.rstrip(), file=sys.stderr)
+            rundir = RunDir(self.run_dir)
+            try:
+                rundir.write_error(tb)
+                rundir.write_json("summary.json", {
+                    "status": "failed", "reason": f"{type(exc).__name__}: {exc}", "preset": self.preset.name,
+                    "steps": 0, "epochs": 0, "run_dir": str(self.run_dir)})
+            except OSError:
+                pass
+            print(f"tuitrain: the preset failed while building its data or model: {type(exc).__name__}: {exc} "
+                  f"(details in {self.run_dir}/error.txt)", file=sys.stderr)
+            return EXIT_FAILED
 
     def discard(self) -> None:
         """Remove the folders this run created, if nothing was written into them."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.checkpoint import size_text
@@ -129,47 +129,7 @@ def _count(n: int, noun: str) -> str:
 def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
     from tuitrain.tui.cli import exit_code
 
-    reporter = HeadlessReporter()
-    try:
-        trainer = build_or_fail(run, listeners=[reporter])
-    except BaseException:  # interrupted while building: leave no empty run directory
-        run.discard()
-        raise
+    trainer = run.start(relay, listeners=[HeadlessReporter()])
     if isinstance(trainer, int):
         return trainer
-    try:
-        relay.attach(trainer.commands)
-    except BaseException:
-        run.discard()
-        raise
     return exit_code(trainer.run())
-
-
-def build_or_fail(run: "PreparedRun", **kwargs: Any) -> Any:
-    """Build the trainer; a crash in the preset's own code is a failed run (exit 1), on record."""
-    import traceback
-
-    from tuitrain.tui.cli import EXIT_FAILED
-
-    try:
-        return run.build(**kwargs)
-    except Exception as exc:
-        from tuitrain.tui.cli import UsageError
-
-        if isinstance(exc, UsageError):
-            raise
-        tb = traceback.format_exc()
-        print(tb.rstrip(), file=sys.stderr)
-        from tuitrain.engine.rundir import RunDir
-
-        rundir = RunDir(run.run_dir)
-        try:
-            rundir.write_error(tb)
-            rundir.write_json("summary.json", {"status": "failed", "reason": f"{type(exc).__name__}: {exc}",
-                                               "preset": run.preset.name, "steps": 0, "epochs": 0,
-                                               "run_dir": str(run.run_dir)})
-        except OSError:
-            pass
-        print(f"tuitrain: the preset failed while building its data or model: {type(exc).__name__}: {exc} "
-              f"(details in {run.run_dir}/error.txt)", file=sys.stderr)
-        return EXIT_FAILED
