@@ -239,12 +239,6 @@ class RunFailed(Event):
     traceback: str
 
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.name: cls
-    for cls in (RunStarted, SchedulePreview, Paused, Resumed, LRChanged, CheckpointSaved,
-                CheckpointFailed, CommandRejected, NonFinite, EarlyStop, Stopped, RunEnded, RunFailed)
-}
-
 
 class EventBuffer:
     """Bounded, lock-free hand-off from the engine thread to a reader.

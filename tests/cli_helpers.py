@@ -89,11 +89,6 @@ def metrics(path: Path) -> list[dict[str, Any]]:
     return list(read_metrics(path / "metrics.jsonl"))
 
 
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"{key} differs"
-
 
 def write_preset(folder: Path, name: str, source: str) -> Path:
     path = folder / name
@@ -172,13 +167,6 @@ def handles_signal(pid: int, sig: int) -> bool:
             return bool(int(line.split()[1], 16) & (1 << (sig - 1)))
     return False
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.001)  # wait-ok: poll interval inside a condition wait with a deadline
 
 
 def reset_sighup() -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import assert_same_weights, load_ckpt, metrics, read_json, tuitrain
+from cli_helpers import load_ckpt, metrics, read_json, tuitrain
+from conftest import assert_same_weights
 
 from tuitrain.engine.rundir import step_losses
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import (Proc, handles_signal, ignore_sighup, load_ckpt, read_json, reset_sighup, tuitrain,
-                         wait_until, write_preset)
+                         write_preset)
+from conftest import wait_until
 
 from tuitrain.engine.rundir import step_losses
 
