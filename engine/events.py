@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 
@@ -107,6 +107,8 @@ class StepStats(Event):
     steps_per_epoch: int
     steps_per_sec: float
     samples_per_sec: float
+    data_wait: float | None = None
+    """Fraction of this window's step time spent waiting for the next batch."""
 
     def records(self) -> list[str]:
         # Formatted by hand: this runs for every step and json.dumps is slower.
@@ -142,9 +144,12 @@ class EvalDone(Event):
     patience: int | None
     epoch_end: bool
     """True at the end of an epoch (a history.json row); False for 'evaluate now'."""
+    extras: dict[str, float | None] = field(default_factory=dict)
+    """Preset-specific numbers derived from the losses (charlm: train_ppl, val_ppl)."""
 
     def to_dict(self) -> dict[str, Any]:
         body = super().to_dict()
+        body.update(body.pop("extras"))
         # The contract names accuracy val_acc; other metrics keep their own name.
         body[f"val_{self.metric}"] = body["val_metric"]
         body[f"train_{self.metric}"] = body["train_metric"]
@@ -238,6 +243,89 @@ class RunFailed(Event):
     error: str
     traceback: str
 
+
+
+@dataclass(frozen=True)
+class BoundaryPoints(Event):
+    """Once per run for 2-D classification presets: the grid's extent and the points to draw.
+
+    The grid covers the validation data with a margin; `points` is a fixed,
+    bounded sample of the validation set as [x, y, label].
+    """
+
+    name: ClassVar[str] = "boundary_points"
+    x_range: list[float]
+    y_range: list[float]
+    cols: int
+    rows: int
+    classes: int
+    points: list[list[float]]
+
+
+@dataclass(frozen=True)
+class BoundaryGrid(Event):
+    """The model's predicted class at each cell of the fixed grid (eval mode, no grad).
+
+    `cells` holds rows*cols characters, row 0 at the top (largest y); the
+    class index c is written as chr(48 + c). Only end-of-epoch grids go to
+    metrics.jsonl; the ones taken during an epoch are for live viewers.
+    """
+
+    name: ClassVar[str] = "boundary"
+    x_range: list[float]
+    y_range: list[float]
+    cols: int
+    rows: int
+    cells: str
+    epoch: int
+    epoch_end: bool
+
+    def records(self) -> list[str]:
+        return [self.to_json()] if self.epoch_end else []
+
+
+@dataclass(frozen=True)
+class LayerStats(Event):
+    """Health of each parameter tensor at one step, taken at the log interval.
+
+    Lists run in the model's parameter order. `grad_norm` is before clipping
+    (and unscaled under AMP); `update_ratio` is ||delta w|| / ||w|| for this
+    step's update. `flagged` names the tensor whose gradient norm grew most
+    over the recent window (None when none grew), `growth` by what factor.
+    """
+
+    name: ClassVar[str] = "layers"
+    names: list[str]
+    shapes: list[list[int]]
+    weight_norm: list[float]
+    grad_norm: list[float | None]
+    update_ratio: list[float | None]
+    total_grad_norm: float | None
+    flagged: str | None = None
+    growth: float | None = None
+
+
+@dataclass(frozen=True)
+class Hint(Event):
+    """A diagnosis in words: what pattern, the evidence, and the usual remedy."""
+
+    name: ClassVar[str] = "hint"
+    rule: str
+    """'nan', 'lr_too_high', 'lr_too_low', 'overfitting', 'underfitting' or 'input_bound'."""
+    message: str
+    evidence: str
+    remedy: str
+    severity: str = "warning"
+    """'warning' or 'info'."""
+
+
+@dataclass(frozen=True)
+class Sample(Event):
+    """Text a preset produced after an evaluation (charlm: a sampled line)."""
+
+    name: ClassVar[str] = "sample"
+    epoch: int
+    text: str
 
 
 class EventBuffer:

@@ -51,6 +51,13 @@ class Preset:
     """Drop the last short batch of each epoch (steps per epoch = floor(N/B))."""
     metric: str | None = None
     """Name of the validation metric; defaults to 'acc' (classification) or 'mae' (regression)."""
+    on_eval: Callable[[nn.Module, torch.device], str | None] | None = None
+    """Called after each end-of-epoch evaluation with the model in eval mode under
+    inference_mode; returned text goes to the event log (charlm samples a line)."""
+    perplexity: bool = False
+    """Report exp(loss) as train_ppl / val_ppl (language models)."""
+    boundary: bool | None = None
+    """Draw the decision boundary; None = auto (classification on 2-D tensor inputs)."""
 
     def __post_init__(self) -> None:
         if self.task not in ("classification", "regression"):
