@@ -27,9 +27,16 @@ from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheck
                        TogglePause)
 from .config import ConfigError, RunConfig
 from .devices import device_name, resolve_device
-from .events import (CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop, EvalDone, Event,
-                     EventBuffer, LRChanged, NonFinite, Paused, Resumed, RunEnded, RunFailed, RunStarted,
-                     SchedulePreview, StepStats, Stopped)
+from .boundary import BoundaryProbe, boundary_inputs
+try:  # TEMPORARY while engine/diagnosis.py is being written; removed before commit of the integration
+    from .diagnosis import Diagnostician, Finding
+except ImportError:  # pragma: no cover
+    Diagnostician = None  # type: ignore[assignment,misc]
+    Finding = Any  # type: ignore[assignment,misc]
+from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop,
+                     EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
+                     RunEnded, RunFailed, RunStarted, Sample, SchedulePreview, StepStats, Stopped)
+from .layer_health import LayerHealth
 from .rundir import RunDir
 from .seeding import capture_rng, restore_rng, seed_everything
 
@@ -42,6 +49,8 @@ Listener = Callable[[Event], None]
 #: (measured on the circles preset: see tests/perf/bench_engine.py), and
 #: that leaves a core for the dashboard.
 SMALL_MODEL_PARAMS = 1_000_000
+#: Seconds between decision-boundary frames during an epoch (plus one per evaluation).
+BOUNDARY_INTERVAL = 0.5
 
 
 @dataclass
@@ -62,9 +71,18 @@ class _EpochTotals:
     loss_sum: "_ExactSum" = field(default_factory=lambda: _ExactSum())
     steps: int = 0
     samples: int = 0
+    targets: int = 0
+    """Target elements seen (= samples, or samples x tokens for a language model)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"loss_partials": list(self.loss_sum.partials), "steps": self.steps, "samples": self.samples}
+        return {"loss_partials": list(self.loss_sum.partials), "steps": self.steps, "samples": self.samples,
+                "targets": self.targets}
+
+
+def _perplexity(loss: float | None) -> float | None:
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(loss) if loss < 700 else math.inf
 
 
 class _Restart(Exception):
@@ -93,9 +111,14 @@ class _Pending:
     lrs: list[float] = field(default_factory=list)
     preds: list[torch.Tensor] = field(default_factory=list)
     targets: list[torch.Tensor] = field(default_factory=list)
+    layers: torch.Tensor | None = None
+    """LayerHealth.after_step() of the step collected since the last flush."""
+    wait: float = 0.0
+    """Seconds spent waiting for batches since the last flush."""
 
     def clear(self) -> None:
         self.losses, self.norms, self.lrs, self.preds, self.targets = [], [], [], [], []
+        self.layers, self.wait = None, 0.0
 
 
 class _ExactSum:
@@ -139,7 +162,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, preset: Preset, run_dir: str | Path, *,
                  resume: dict[str, Any] | None = None,
                  events: EventBuffer | None = None,
-                 listeners: Iterable[Listener] = ()) -> None:
+                 listeners: Iterable[Listener] = (),
+                 boundary: bool = False,
+                 insights: bool = True) -> None:
+        """`boundary` draws the decision boundary (2-D presets; for live viewers);
+        `insights` collects layer health and diagnosis hints."""
         self.cfg = cfg
         self.preset = preset
         self.rundir = RunDir(run_dir)
@@ -166,6 +193,18 @@ class Trainer:
         if self.val_batches.size == 0:
             raise ConfigError(f"preset {preset.name!r}: the validation split is empty")
         self.model: nn.Module = preset.make_model().to(self.device)
+        self._probe: BoundaryProbe | None = None
+        inputs = boundary_inputs(data.val, self.classification)
+        if boundary and preset.boundary is not False and inputs is not None:
+            try:
+                self._probe = BoundaryProbe(*inputs, self.device)
+            except ValueError:
+                self._probe = None  # nothing drawable (no finite points, too many classes)
+        self._boundary_at = -math.inf
+        self._health = LayerHealth(self.model) if insights else None
+        self._collect_due = False
+        self._diag = (Diagnostician(patience=cfg.patience, device_type=self.device.type)
+                      if insights and Diagnostician is not None else None)
         self.loss_fn = preset.loss()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
@@ -203,6 +242,7 @@ class Trainer:
         self._writer = ckpt.CheckpointWriter()
         self._skipped = 0
         self._skipped_first: int | None = None
+        self._skip_hinted = False
         self._train_seconds = 0.0
         self._session_steps = 0
         self._session_samples = 0
@@ -287,7 +327,8 @@ class Trainer:
         self.bad_epochs = int(state["early_stop_counter"])
         totals = state["epoch_totals"]
         self.totals = _EpochTotals(_ExactSum([float(v) for v in totals["loss_partials"]]),
-                                   int(totals["steps"]), int(totals["samples"]))
+                                   int(totals["steps"]), int(totals["samples"]),
+                                   int(totals.get("targets", totals["samples"])))
         self._correct = totals["correct"].to(self.device).clone()
         restore_rng(state["rng"])
         # The schedule's current LR lives in the optimizer's param groups,
@@ -354,7 +395,25 @@ class Trainer:
             amp="off" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
             resumed=self.resumed))
         self._emit_preview()
+        if self._probe is not None:
+            probe = self._probe
+            self.emit(BoundaryPoints(self.step, self._now(), **probe.geometry(), classes=probe.classes,
+                                     points=probe.points))
+            self._emit_boundary(epoch_end=False)
         self.rundir.flush()
+
+    def _emit_boundary(self, *, epoch_end: bool, epoch: int | None = None) -> None:
+        probe = self._probe
+        if probe is None:
+            return
+        self._boundary_at = time.perf_counter()
+        self.emit(BoundaryGrid(self.step, self._now(), **probe.geometry(), cells=probe.predict(
+            self.model, self._autocast()), epoch=self.epoch if epoch is None else epoch, epoch_end=epoch_end))
+
+    def _emit_findings(self, findings: Iterable[Finding]) -> None:
+        for f in findings:
+            self.emit(Hint(self.step, self._now(), rule=f.rule, message=f.message, evidence=f.evidence,
+                           remedy=f.remedy, severity=f.severity))
 
     def _emit_preview(self) -> None:
         sched_lr = schedules.scheduled_lr(self.optimizer)
@@ -395,12 +454,22 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         interval = cfg.log_interval
         next_flush = time.perf_counter() + interval
+        health = self._health
+        perf = time.perf_counter
 
         b = self.batch_in_epoch
         group = 0
         group_loss: torch.Tensor | None = None
         samples = 0
-        for x, y in self.train_batches.epoch(self.epoch, start=b):
+        batches = iter(self.train_batches.epoch(self.epoch, start=b))
+        while True:
+            # Time spent waiting for the next batch: the input-bound diagnosis.
+            fetch_start = perf()
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                break
+            pending.wait += perf() - fetch_start
             with self._autocast():
                 out = model(x)
                 loss = loss_fn(out, y)
@@ -414,6 +483,7 @@ class Trainer:
                 # One small op per batch; compared and summed once per flush.
                 pending.preds.append(out.detach().argmax(1))
                 pending.targets.append(y)
+                self.totals.targets += y.numel()
             samples += len(x)
             group += 1
             b += 1
@@ -432,9 +502,12 @@ class Trainer:
                 group, group_loss = 0, None
                 self.batch_in_epoch = b
                 continue
+            collect = self._collect_due and health is not None
+            if use_scaler and (collect or clip is not None):
+                scaler.unscale_(optimizer)  # true gradient norms; once per step
+            if collect:
+                health.before_step()
             if clip is not None:
-                if use_scaler:
-                    scaler.unscale_(optimizer)
                 pending.norms.append(torch.nn.utils.clip_grad_norm_(params, clip))
             lr = optimizer.param_groups[0]["lr"]
             if self.multiplier != 1.0:
@@ -449,6 +522,9 @@ class Trainer:
             else:
                 self._optimizer_step(use_scaler)
             optimizer.zero_grad(set_to_none=True)
+            if collect:
+                pending.layers = health.after_step()
+                self._collect_due = False
 
             if not pending.losses:
                 pending.first_step = self.step + 1
@@ -498,8 +574,13 @@ class Trainer:
         self.history.append({
             "epoch": epoch_no, "step": self.step, "train_loss": ev.train_loss,
             f"train_{ev.metric}": ev.train_metric, "val_loss": ev.val_loss,
-            f"val_{ev.metric}": ev.val_metric, "lr": lr_used,
+            f"val_{ev.metric}": ev.val_metric, "lr": lr_used, **ev.extras,
         })
+        self._emit_boundary(epoch_end=True, epoch=epoch_no)
+        self._emit_sample(epoch_no)
+        if self._diag is not None:
+            self._emit_findings(self._diag.observe_eval(epoch_no, self.step, ev.train_loss, ev.val_loss,
+                                                        self.bad_epochs))
         self.epoch += 1
         self.batch_in_epoch = 0
         self.totals = _EpochTotals()
@@ -529,7 +610,7 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         metric_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count = 0
-        elements = 0
+        elements = 0  # target elements: the metric's denominator (tokens for a language model)
         try:
             with torch.inference_mode(), self._autocast():
                 for x, y in self.val_batches.epoch(0):
@@ -539,7 +620,7 @@ class Trainer:
                         metric_sum += (out.argmax(1) == y).sum()
                     else:
                         metric_sum += (out.float() - y.float()).abs().sum().double()
-                        elements += y.numel()
+                    elements += y.numel()
                     count += len(x)
             # One host copy for the whole evaluation (and the epoch's train accuracy).
             val_loss, val_metric_sum, correct = torch.stack(
@@ -548,10 +629,13 @@ class Trainer:
             if was_training:
                 model.train()
         val_loss = val_loss / max(count, 1)
-        val_metric = val_metric_sum / max(count if self.classification else elements, 1)
+        val_metric = val_metric_sum / max(elements, 1)
         train_loss = self.totals.loss_sum.value / self.totals.steps if self.totals.steps else None
-        train_metric = (correct / self.totals.samples
-                        if self.classification and self.totals.samples else None)
+        train_metric = (correct / self.totals.targets
+                        if self.classification and self.totals.targets else None)
+        extras: dict[str, float | None] = {}
+        if self.preset.perplexity:
+            extras = {"train_ppl": _perplexity(train_loss), "val_ppl": _perplexity(val_loss)}
         improved = False
         if epoch_end:
             if val_loss < self.best_val_loss - self.cfg.min_delta:
@@ -565,10 +649,27 @@ class Trainer:
             lr=schedules.scheduled_lr(self.optimizer) * self.multiplier,
             best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             best_epoch=self.best_epoch, improved=improved, patience_used=self.bad_epochs,
-            patience=self.cfg.patience, epoch_end=epoch_end)
+            patience=self.cfg.patience, epoch_end=epoch_end, extras=extras)
         self.last_eval = ev
         self.emit(ev)
         return ev
+
+    def _emit_sample(self, epoch: int) -> None:
+        """The preset's own look at the model after an evaluation (charlm: a sampled line)."""
+        hook = self.preset.on_eval
+        if hook is None:
+            return
+        model = self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                text = hook(model, self.device)
+        finally:
+            if was_training:
+                model.train()
+        if text:
+            self.emit(Sample(self.step, self._now(), epoch=epoch, text=str(text)[:500]))
 
     # -- flushing ------------------------------------------------------------------
     def _flush(self) -> None:
@@ -579,12 +680,20 @@ class Trainer:
         if self._skipped:
             self.emit(NonFinite(self._skipped_first or self.step, self._now(), action="skip",
                                 count=self._skipped))
+            if self._diag is not None and not self._skip_hinted:
+                self._skip_hinted = True  # one hint per run; the events keep counting
+                self._emit_findings([self._diag.observe_nonfinite(self._skipped_first or self.step, "skip")])
             self._skipped, self._skipped_first = 0, None
+        layer_values: list[float] | None = None
         if pending.losses:
-            n = len(pending.losses)
-            # The one host copy per flush: losses and grad norms together.
-            values = torch.stack([v.float() for v in pending.losses + pending.norms]).tolist()
-            losses, norms = values[:n], (values[n:] if pending.norms else None)
+            n, m = len(pending.losses), len(pending.norms)
+            # The one host copy per flush: losses, grad norms and layer health together.
+            stacked = torch.stack([v.float() for v in pending.losses + pending.norms])
+            if pending.layers is not None:
+                stacked = torch.cat([stacked, pending.layers])
+            values = stacked.tolist()
+            losses, norms = values[:n], (values[n:n + m] if pending.norms else None)
+            layer_values = values[n + m:] if pending.layers is not None else None
             steps = list(range(pending.first_step, pending.first_step + n))
             now = time.perf_counter()
             t0, steps0, samples0 = self._window
@@ -592,6 +701,7 @@ class Trainer:
             self._session_steps += n
             rate = (self._session_steps - steps0) / elapsed
             sample_rate = (self._session_samples - samples0) / elapsed
+            data_wait = min(pending.wait / elapsed, 1.0)
             self._window = (now, self._session_steps, self._session_samples)
             lrs = pending.lrs
             pending.clear()
@@ -602,10 +712,18 @@ class Trainer:
             self.emit(StepStats(
                 steps[-1], self._now(), epoch=self.epoch + 1, steps=steps, loss=losses, lr=lrs,
                 grad_norm=norms, epoch_step=math.ceil(self.batch_in_epoch / self.cfg.accumulate),
-                steps_per_epoch=self.steps_per_epoch, steps_per_sec=rate, samples_per_sec=sample_rate))
+                steps_per_epoch=self.steps_per_epoch, steps_per_sec=rate, samples_per_sec=sample_rate,
+                data_wait=data_wait))
+            if layer_values is not None and self._health is not None:
+                self.emit(LayerStats(self.step, self._now(), **self._health.summarize(layer_values)))
+            if self._diag is not None:
+                self._emit_findings(self._diag.observe_steps(steps, losses, data_wait))
             if bad is not None:
                 self._non_finite(steps[bad], what="training loss")
         pending.clear()
+        self._collect_due = self._health is not None
+        if self._probe is not None and time.perf_counter() - self._boundary_at >= BOUNDARY_INTERVAL:
+            self._emit_boundary(epoch_end=False)
         self.rundir.flush()
 
     def _non_finite(self, step: int, *, what: str) -> None:
@@ -615,12 +733,17 @@ class Trainer:
         if action == "pause":
             rolled = self._roll_back()
             self.emit(NonFinite(step, self._now(), action="pause", rolled_back_to=rolled))
+            if self._diag is not None:
+                self._diag.reset_steps()
+                self._emit_findings([self._diag.observe_nonfinite(step, "pause", what, rolled)])
             self._pause("nan")
             self._pause_loop()
             if rolled is not None:
                 raise _Restart()
             return
         self.emit(NonFinite(step, self._now(), action="stop"))
+        if self._diag is not None:
+            self._emit_findings([self._diag.observe_nonfinite(step, "stop", what)])
         latest = self.rundir.checkpoints / "latest.pt"
         keep = f"; the last good checkpoint is {latest}" if latest.exists() else ""
         raise _EndRun("failed", f"{what} became non-finite at step {step} (--on-nan {self.cfg.on_nan}){keep}")
@@ -671,6 +794,7 @@ class Trainer:
             self._save({f"step-{self.step}.pt": "manual"})
         elif isinstance(command, Evaluate):
             self._evaluate(epoch_end=False)
+            self._emit_boundary(epoch_end=False)
         elif isinstance(command, Stop):
             if command.signal is not None:
                 self._finish_run("interrupted", command.reason, signal=command.signal)

@@ -65,8 +65,15 @@ class HeadlessReporter:
         self._epoch_started, self._epoch_step, self._paused = now, e.step, 0.0
         train = "   n/a" if e.train_loss is None else f"{e.train_loss:.4f}"
         best = " *" if e.improved else ""
+        extras = "".join(f" | {k} {v:.4g}" for k, v in e.extras.items() if k.startswith("val_") and v is not None)
         self._print(f"epoch {e.epoch:>3} | lr {e.lr:.2e} | train {train} | val {e.val_loss:.4f} | "
-                    f"{e.metric} {e.val_metric:.4f} | {rate:,.0f} steps/s{best}")
+                    f"{e.metric} {e.val_metric:.4f}{extras} | {rate:,.0f} steps/s{best}")
+
+    def _on_Hint(self, e: ev.Hint) -> None:
+        self._print(f"hint: {e.message} ({e.evidence}); {e.remedy}", err=e.severity == "warning")
+
+    def _on_Sample(self, e: ev.Sample) -> None:
+        self._print(f"sample  epoch {e.epoch}: {e.text!r}")
 
     def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
         self._print(f"warning: could not save {e.path}: {e.error} (the previous checkpoint is intact)", err=True)
