@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .events import clean_json
+
+
+#: The temp files of atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
+#: write probe of create(): a killed process can leave one behind; nothing
+#: else in a run directory looks like them.
+_TEMP_FILE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp|write-test-\d+)$")
 
 
 class RunDirError(Exception):
@@ -52,7 +59,29 @@ class RunDir:
         if not resume and (self.path / "metrics.jsonl").exists():
             raise RunDirError(f"{self.path} already holds a run; use --resume {self.path} to continue it, "
                               "or choose another --run-dir")
+        self.remove_stale_temp_files()
         return self
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the half-written temp files a killed run left (never the real files); return them.
+
+        Only one process writes a run directory, and this runs before it writes
+        anything, so every temp file here is a dead one.
+        """
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            for name in names:
+                if _TEMP_FILE.match(name):
+                    try:
+                        os.unlink(folder / name)
+                        removed.append(folder / name)
+                    except OSError:
+                        pass
+        return removed
 
     # -- files ----------------------------------------------------------------
     @staticmethod
