@@ -40,14 +40,38 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be read or does not fit; one line for the user."""
 
 
+#: Temp files whose removal failed (the folder turned read-only mid-write):
+#: removed at the next write that gets that far, or by remove_leftovers().
+_leftovers: set[str] = set()
+_leftovers_lock = threading.Lock()
+
+
+def remove_leftovers() -> list[str]:
+    """Try again to remove the temp files of failed writes; return those still there."""
+    with _leftovers_lock:
+        for tmp in list(_leftovers):
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            _leftovers.discard(tmp)
+        return sorted(_leftovers)
+
+
 def atomic_write_bytes(path: Path, write: Any) -> int:
     """Run `write(fileobj)` into a temp file next to `path`, then rename it into place.
 
     Returns the size written. On any failure the temp file is removed and the
-    previous `path` (if any) is untouched.
+    previous `path` (if any) is untouched. (A folder that turned read-only
+    mid-write refuses the removal too: the temp file is removed by a later
+    write, once the folder takes writes again.)
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if _leftovers:
+        remove_leftovers()
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -59,8 +83,11 @@ def atomic_write_bytes(path: Path, write: Any) -> int:
     except BaseException:
         try:
             os.unlink(tmp)
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError:
+            with _leftovers_lock:
+                _leftovers.add(tmp)
         raise
     _fsync_dir(path.parent)
     return size
@@ -171,6 +198,7 @@ class CheckpointWriter:
             self._jobs.put(None)
             self._thread.join()
             self._thread = None
+        remove_leftovers()
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:

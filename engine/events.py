@@ -244,6 +244,19 @@ class RunFailed(Event):
     traceback: str
 
 
+@dataclass(frozen=True)
+class WriteFailed(Event):
+    """metrics.jsonl could not be written (full disk, read-only folder); the run goes on.
+
+    Sent once per failing streak. The records wait in memory and are written,
+    in order, as soon as the disk takes them (this event too, then).
+    """
+
+    name: ClassVar[str] = "write_failed"
+    path: str
+    error: str
+
+
 
 @dataclass(frozen=True)
 class BoundaryPoints(Event):

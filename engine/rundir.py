@@ -4,17 +4,21 @@
 
 metrics.jsonl is append-only. A resumed run appends a "started" record with
 resumed=true at the checkpoint's step; readers drop earlier step records past
-that step, since the run went back and redid them.
+that step, since the run went back and redid them. A write that fails (a full
+disk, a read-only folder) never ends the run: the records wait in memory
+(up to BACKLOG_LIMIT bytes) and are written, in order, once the disk takes
+them again; the first failure of each streak is reported (a write_failed event).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Callable, Iterator
 
 from .checkpoint import atomic_write_bytes, atomic_write_text
 from .events import clean_json
@@ -44,7 +48,11 @@ class RunDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
-        self._metrics: IO[str] | None = None
+        self._metrics: int | None = None  # the file descriptor of metrics.jsonl
+        self.write_error: str | None = None
+        """The error of the failing metrics.jsonl write streak, None while writes succeed."""
+        self.dropped_lines = 0
+        """Records dropped because metrics.jsonl could not be written for too long."""
 
     # -- creation -----------------------------------------------------------
     def create(self, *, resume: bool = False) -> "RunDir":
@@ -102,27 +110,70 @@ class RunDir:
         atomic_write_text(self.path / "error.txt", text)
 
     # -- metrics.jsonl --------------------------------------------------------
-    def open_metrics(self) -> None:
+    #: Bytes held in memory while metrics.jsonl cannot be written (a full disk, a
+    #: read-only folder); beyond this, new records are dropped and counted.
+    BACKLOG_LIMIT = 64 << 20
+    #: append() writes through once this much is pending, even between flushes.
+    FLUSH_AT = 1 << 16
+
+    def open_metrics(self, on_error: Callable[[Path, str], None] | None = None) -> None:
+        """Open metrics.jsonl for appending; `on_error(path, message)` hears of the first failed write
+        of each streak (the records wait in memory and are written once the disk takes them)."""
         path = self.path / "metrics.jsonl"
         _drop_partial_last_line(path)
-        self._metrics = open(path, "a", encoding="utf-8", buffering=1 << 16)
+        self._metrics = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._pending: list[str] = []
+        self._pending_size = 0
+        self._unwritten = b""  # what a failed or short write left, starting where the file ends
+        self._on_error = on_error
+        self.write_error: str | None = None
+        self.dropped_lines = 0
 
     def append(self, lines: list[str]) -> None:
-        if self._metrics is not None and lines:
-            self._metrics.write("\n".join(lines) + "\n")
+        if self._metrics is None or not lines:
+            return
+        size = sum(map(len, lines)) + len(lines)
+        if self._pending_size + len(self._unwritten) + size > self.BACKLOG_LIMIT:
+            self.dropped_lines += len(lines)
+            return
+        self._pending.extend(lines)
+        self._pending_size += size
+        if self._pending_size >= self.FLUSH_AT and self.write_error is None:
+            self.flush()
 
     def flush(self) -> None:
-        if self._metrics is not None:
-            self._metrics.flush()
+        """Write what is pending; a failure keeps it for the next try and is reported once."""
+        if self._metrics is None:
+            return
+        if self._pending:
+            self._unwritten += ("\n".join(self._pending) + "\n").encode("utf-8")
+            self._pending, self._pending_size = [], 0
+        try:
+            view = memoryview(self._unwritten)
+            while view:
+                n = os.write(self._metrics, view)
+                view = view[n:]
+                if n == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            self._unwritten = bytes(view)  # a short write continues exactly where the file ends
+            if self.write_error is None:
+                self.write_error = f"{type(exc).__name__}: {exc}"
+                if self._on_error is not None:
+                    self._on_error(self.path / "metrics.jsonl", self.write_error)
+            return
+        self._unwritten = b""
+        self.write_error = None
 
     def close(self) -> None:
         if self._metrics is not None:
+            self.flush()
             try:
-                self._metrics.flush()
-                os.fsync(self._metrics.fileno())
+                os.fsync(self._metrics)
             except OSError:
                 pass
-            self._metrics.close()
+            self.dropped_lines += self._unwritten.count(b"\n")  # the disk never took them
+            os.close(self._metrics)
             self._metrics = None
 
 

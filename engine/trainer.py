@@ -344,6 +344,12 @@ class Trainer:
         for listener in self.listeners:
             listener(event)
 
+    def _metrics_write_failed(self, path: Path, error: str) -> None:
+        """metrics.jsonl refused a write: say so once; the records wait in memory, the run goes on."""
+        from .events import WriteFailed
+
+        self.emit(WriteFailed(self.step, self._now(), path=str(path), error=error))
+
     def _now(self) -> float:
         return round(time.time(), 3)
 
@@ -384,7 +390,7 @@ class Trainer:
         if self.resumed:
             self.history = [row for row in self.rundir.read_json("history.json", []) or []
                             if row.get("epoch", 0) <= self.epoch]
-        self.rundir.open_metrics()
+        self.rundir.open_metrics(on_error=self._metrics_write_failed)
         self.emit(RunStarted(
             self.step, self._now(), run_dir=str(self.rundir.path), preset=self.preset.name,
             task=self.preset.task, metric=self.preset.metric_name, device=str(self.device),

@@ -78,6 +78,10 @@ class HeadlessReporter:
     def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
         self._print(f"warning: could not save {e.path}: {e.error} (the previous checkpoint is intact)", err=True)
 
+    def _on_WriteFailed(self, e: ev.WriteFailed) -> None:
+        self._print(f"warning: cannot write {e.path}: {e.error} (training goes on; the records wait in memory "
+                    "and are written once the disk takes them)", err=True)
+
     def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
         if e.reason in ("manual", "stop", "interrupt"):
             self._print(f"saved {e.path} ({size_text(e.bytes)})")

@@ -195,6 +195,9 @@ class DashboardState:
     def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
         self._say(e, "error", f"could not save {e.path}: {e.error}; the previous checkpoint is intact")
 
+    def _on_WriteFailed(self, e: ev.WriteFailed) -> None:
+        self._say(e, "error", f"cannot write {e.path}: {e.error}; training goes on, the records wait in memory")
+
     def _on_CommandRejected(self, e: ev.CommandRejected) -> None:
         self._say(e, "warning", f"{e.command} refused: {e.reason}")
 
