@@ -296,3 +296,71 @@ class FakeTrainer:
     def run(self) -> None:
         self.ran += 1
         return None
+
+
+# -- "see the model learn" events for the fake trainer ----------------------------------------
+
+#: The boundary grid's extent in the helpers below (a square, like circles).
+EXTENT = [-1.5, 1.5]
+
+
+def ring_class(x: float, y: float) -> int:
+    """Class 1 inside radius 0.8, class 0 outside: a circles-like boundary."""
+    return 1 if x * x + y * y < 0.64 else 0
+
+
+def boundary_points(step: int, t: float, *, classes: int = 2, n: int = 120,
+                    label_of=ring_class) -> ev.BoundaryPoints:
+    """A fixed, deterministic sample of points on two rings (and their labels)."""
+    import math
+
+    points = []
+    for i in range(n):
+        angle = 2 * math.pi * i / n * 7.3  # spread around, not in order
+        radius = 0.45 if i % 2 else 1.15
+        x, y = round(radius * math.cos(angle), 4), round(radius * math.sin(angle), 4)
+        points.append([x, y, label_of(x, y)])
+    return ev.BoundaryPoints(step, t, x_range=list(EXTENT), y_range=list(EXTENT), cols=32, rows=24,
+                             classes=classes, points=points)
+
+
+def boundary_grid(step: int, t: float, *, epoch: int, epoch_end: bool, cols: int = 32, rows: int = 24,
+                  label_of=ring_class, radius_scale: float = 1.0) -> ev.BoundaryGrid:
+    """The predicted class at each cell centre; row 0 is the top (largest y)."""
+    lo, hi = EXTENT
+    cells = []
+    for r in range(rows):
+        y = hi - (r + 0.5) * (hi - lo) / rows
+        for c in range(cols):
+            x = lo + (c + 0.5) * (hi - lo) / cols
+            cells.append(chr(48 + label_of(x / radius_scale, y / radius_scale)))
+    return ev.BoundaryGrid(step, t, x_range=list(EXTENT), y_range=list(EXTENT), cols=cols, rows=rows,
+                           cells="".join(cells), epoch=epoch, epoch_end=epoch_end)
+
+
+LAYER_NAMES = ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"]
+
+
+def layer_stats(step: int, t: float, *, flagged: str | None = "net.2.weight", growth: float | None = 4.1,
+                scale: float = 1.0) -> ev.LayerStats:
+    """Layer health of a 2-16-2 MLP, with `flagged` growing `growth` times."""
+    return ev.LayerStats(step, t, names=list(LAYER_NAMES), shapes=[[16, 2], [16], [2, 16], [2]],
+                         weight_norm=[3.21, 0.874, 2.05, 0.112],
+                         grad_norm=[0.0452 * scale, 0.0123 * scale, 0.318 * scale, 0.0061 * scale],
+                         update_ratio=[1.2e-3, 8.4e-4, 4.6e-3, 2.2e-5], total_grad_norm=0.321 * scale,
+                         flagged=flagged, growth=growth)
+
+
+def lr_hint(step: int, t: float) -> ev.Hint:
+    return ev.Hint(step, t, rule="lr_too_high", message="the loss is rising and the gradient norm grew x4.1",
+                   evidence="loss 0.31 -> 0.58 over the last 40 steps; |grad| 0.08 -> 0.32",
+                   remedy="lower the learning rate (l), e.g. to 3e-3", severity="warning")
+
+
+def run_started(t: float = 1_700_000_000.0, *, epochs: int = 3, steps_per_epoch: int = 100,
+                grad_clip: float = 0.0) -> ev.RunStarted:
+    """The first event of a small fake run (circles-like, on the CPU)."""
+    return ev.RunStarted(0, t, run_dir="runs/fake", preset="circles", task="classification", metric="acc",
+                         device="cpu", device_name="cpu", config={"epochs": epochs, "grad_clip": grad_clip},
+                         epoch=0, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
+                         train_size=1600, val_size=400, parameters=82, amp="off")

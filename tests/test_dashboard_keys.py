@@ -424,7 +424,8 @@ def test_brackets_change_smoothing_within_bounds_and_y_toggles_log_scale(tmp_pat
             # Only the view changed: the run is untouched.
             assert app.state.status == "RUNNING"
             assert not trainer.commands.pending()
-            assert [n for n in event_names(R) if n not in ("started",)] == []
+            # (The engine's own routine records, such as layer health, are not answers to anything.)
+            assert [n for n in event_names(R) if n not in ("started", "layers", "hint")] == []
 
     run_async(body)
 

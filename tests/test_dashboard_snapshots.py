@@ -144,3 +144,54 @@ def test_paused_run_with_the_lr_dialog_showing_an_error_120x40(snap_compare, utc
         await until(pilot, lambda: app.screen.query_one("#lr-message").has_class("-error"), "the error")
 
     assert snap_compare(app, terminal_size=(120, 40), run_before=run_before)
+
+
+# -- seeing the model learn: the boundary panel and the health view ------------------------------
+
+def insight_events() -> list[ev.Event]:
+    """The finished run, plus what a 2-D preset with insights sends: boundary, layer stats, a hint."""
+    from dashboard_helpers import boundary_grid, boundary_points, layer_stats, lr_hint
+
+    out: list[ev.Event] = []
+    for event in run_events():
+        out.append(event)
+        if isinstance(event, ev.RunStarted):
+            out.append(boundary_points(0, event.t))
+            out.append(boundary_grid(0, event.t, epoch=1, epoch_end=False, radius_scale=0.4))
+        elif isinstance(event, ev.StepStats):
+            # The gradient norm falls, then grows again near the end (what the hint is about).
+            scale = 1.0 + 3.0 * max(0, event.step - 200) / 100 - 0.6 * min(event.step, 200) / 200
+            growth = 4.1 if event.step > 200 else None
+            out.append(layer_stats(event.step, event.t, scale=scale, flagged="net.2.weight" if growth else None,
+                                   growth=growth))
+            if event.step == 250:
+                out.append(lr_hint(event.step, event.t + 0.1))
+        elif isinstance(event, ev.EvalDone) and event.epoch_end:
+            out.append(boundary_grid(event.step, event.t, epoch=event.epoch, epoch_end=True,
+                                     radius_scale=[0.7, 0.95, 1.0][event.epoch - 1]))
+    return out
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_boundary_and_hint(snap_compare, utc, size: tuple[int, int]) -> None:
+    """The decision boundary next to the loss (instead of accuracy when narrow), the hint bar on top."""
+    app, sampler = make_app(insight_events())
+    assert snap_compare(app, terminal_size=size, run_before=settled(app, sampler, "FINISHED", "press q to quit"))
+    assert app.state.boundary_grid is not None and app.state.boundary_grid.epoch == 3
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24)], ids=["120x40", "80x24"])
+def test_health_view(snap_compare, utc, size: tuple[int, int]) -> None:
+    """h: gradient norm and the layer table (with the flagged tensor) in the middle row."""
+    app, sampler = make_app(insight_events())
+    wait = settled(app, sampler, "FINISHED", "press q to quit")
+
+    async def run_before(pilot: Any) -> None:
+        from tuitrain.tui.widgets.layer_table import LayerTable
+
+        await wait(pilot)
+        await pilot.press("h")
+        await until(pilot, lambda: app.query_one(LayerTable).row_count == 4, "the layer table")
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=size, run_before=run_before)

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -27,7 +27,11 @@ from tuitrain.engine.system import SystemSampler
 from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog
 from tuitrain.tui.state import DashboardState, LogLine
+from tuitrain.tui.widgets.boundary_panel import BoundaryPanel
 from tuitrain.tui.widgets.event_log import EventLog
+from tuitrain.tui.widgets.grad_norm_plot import GradNormPlot
+from tuitrain.tui.widgets.hint_bar import HintBar
+from tuitrain.tui.widgets.layer_table import LayerTable
 from tuitrain.tui.widgets.loss_plot import LossPlot
 from tuitrain.tui.widgets.lr_plot import LRPlot
 from tuitrain.tui.widgets.metric_plot import MetricPlot
@@ -43,6 +47,11 @@ if TYPE_CHECKING:
 PROGRESS_INTERVAL = 0.5
 #: Seconds between LR-plot redraws while only the "used" curve grows.
 LR_PLOT_INTERVAL = 3.0
+#: Seconds between layer-table updates (the engine sends stats every log interval).
+LAYERS_INTERVAL = 1.0
+
+#: The footer shows [ and ] as one entry: "[] Smooth".
+SMOOTHING = Binding.Group("Smooth", compact=True)
 
 #: Actions that steer a live run; greyed out once it has ended.
 STEERING = ("toggle_pause", "set_lr", "save", "stop")
@@ -59,10 +68,14 @@ class TuitrainApp(App[int]):
         Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
         Binding("x", "stop", "Stop", id="stop", tooltip="stop early: evaluate, save, keep the dashboard"),
         Binding("q", "quit_run", "Quit", id="quit", tooltip="quit (stops and saves first)"),
-        Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less"),
-        Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more"),
+        Binding("b", "toggle_boundary", "Boundary", id="boundary",
+                tooltip="show or hide the decision boundary (2-D presets)"),
+        Binding("h", "toggle_health", "Health", id="health",
+                tooltip="layer health: gradient norm and per-layer table instead of LR and system"),
+        Binding("question_mark", "help", "Help", id="help"),  # before the plot keys: still in view at 80 columns
+        Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less", group=SMOOTHING),
+        Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more", group=SMOOTHING),
         Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
-        Binding("question_mark", "help", "Help", id="help"),
     ]
 
     def __init__(self, trainer: "Trainer", *, refresh_hz: float = 4.0, plot_interval: float = 1.0,
@@ -86,24 +99,48 @@ class TuitrainApp(App[int]):
         self._snapshot: Any = None
         self._ended_seen = False
         self._bindings_status = self.state.status
+        self.show_boundary = True
+        """The boundary panel's toggle (b); the panel needs BoundaryPoints too."""
+        self.show_health = False
+        """The middle row shows layer health (h) instead of LR and system."""
+        self._last_layers = 0.0
+        self._layers_dirty = False
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusBar(id="status-bar")
+        yield HintBar(id="hint-bar")
         with Horizontal(id="top"):
             yield LossPlot(id="loss-plot")
             yield MetricPlot(id="metric-plot")
+            yield BoundaryPanel(id="boundary-panel")
         with Horizontal(id="middle"):
             yield LRPlot(id="lr-plot")
             yield SystemPanel(id="system-panel")
+            yield GradNormPlot(id="grad-norm-plot")
+            yield LayerTable(id="layer-table")
             yield ProgressPanel(id="progress-panel")
         yield EventLog(id="event-log")
         yield Footer()
 
     def on_mount(self) -> None:
+        self._compact_footer(self.size.width)
         self.sampler.start()
         self.run_engine()
         self.set_interval(1 / self.refresh_hz, self.drain)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._compact_footer(event.size.width)
+
+    def _compact_footer(self, width: int) -> None:
+        """Textual's compact footer below the wide breakpoint, so that the keys fit in 80 columns.
+
+        (A reactive, not a tcss rule: the footer keys size themselves from it.)
+        """
+        compact = width < self.HORIZONTAL_BREAKPOINTS[1][0]
+        footer = self.query_one(Footer)
+        if footer.compact != compact:
+            footer.compact = compact
 
     def on_unmount(self) -> None:
         # However the app closes (an error in the UI, say), a live run is told to
@@ -141,8 +178,9 @@ class TuitrainApp(App[int]):
         snapshot = self.sampler.latest()
         dirty = state.dirty
         state.dirty = set()
-        self._plots_dirty |= dirty & {"loss", "metric", "lr", "plan"}
+        self._plots_dirty |= dirty & {"loss", "metric", "lr", "plan", "boundary", "grad"}
         self._progress_dirty |= "progress" in dirty
+        self._layers_dirty |= "layers" in dirty
         now = time.monotonic()
         ended = not state.running
         with self.batch_update():
@@ -156,6 +194,14 @@ class TuitrainApp(App[int]):
             if snapshot is not self._snapshot:
                 self._snapshot = snapshot
                 self.query_one(SystemPanel).show(snapshot)
+            if "hint" in dirty:
+                self.query_one(HintBar).show(state.hint)
+            if "boundary-ready" in dirty:
+                self._apply_views()
+                self.refresh_bindings()  # b is no longer greyed out
+            if self._layers_dirty and self.show_health and (now - self._last_layers >= LAYERS_INTERVAL or ended):
+                self.query_one(LayerTable).show(state.layers)
+                self._layers_dirty, self._last_layers = False, now
             if self._plots_dirty and (now - self._last_plot >= self.plot_interval or ended):
                 self._replot(now, force=ended)
                 self._last_plot = now
@@ -182,7 +228,28 @@ class TuitrainApp(App[int]):
             self.query_one(LRPlot).replot(state)
             self._last_lr_plot = now
             dirty -= {"lr", "plan"}
-        self._plots_dirty = dirty & {"lr"}
+        # Hidden panels are not drawn; what they missed is drawn when they are shown.
+        if "boundary" in dirty and self._boundary_visible:
+            self.query_one(BoundaryPanel).show(state.boundary_points, state.boundary_grid, running=state.running)
+            dirty.discard("boundary")
+        if "grad" in dirty and self.show_health:
+            self.query_one(GradNormPlot).replot(state, clip=self._grad_clip())
+            dirty.discard("grad")
+        self._plots_dirty = dirty & {"lr", "boundary", "grad"}
+
+    @property
+    def _boundary_visible(self) -> bool:
+        return self.show_boundary and self.state.boundary_points is not None
+
+    def _grad_clip(self) -> float | None:
+        clip = self.state.config.get("grad_clip")
+        return float(clip) if isinstance(clip, (int, float)) and clip > 0 else None
+
+    def _apply_views(self) -> None:
+        """The b and h toggles are classes on the main screen; app.tcss lays them out."""
+        screen = self.screen_stack[0] if self.screen_stack else self.screen
+        screen.set_class(self._boundary_visible, "-boundary")
+        screen.set_class(self.show_health, "-health")
 
     def _exit_code_for_end(self) -> int:
         if self.state.end_signal:
@@ -200,6 +267,8 @@ class TuitrainApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in STEERING and not self.state.running:
             return None  # shown greyed out: nothing to steer after the run ended
+        if action == "toggle_boundary" and self.state.boundary_points is None:
+            return None  # not a 2-D preset: there is no boundary to show
         return True
 
     def action_toggle_pause(self) -> None:
@@ -254,6 +323,25 @@ class TuitrainApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
+    def action_toggle_boundary(self) -> None:
+        if self.state.boundary_points is None:
+            return
+        self.show_boundary = not self.show_boundary
+        self._apply_views()
+        if self.show_boundary:  # draw what arrived while it was hidden, now
+            self.query_one(BoundaryPanel).show(self.state.boundary_points, self.state.boundary_grid,
+                                               running=self.state.running)
+            self._plots_dirty.discard("boundary")
+
+    def action_toggle_health(self) -> None:
+        self.show_health = not self.show_health
+        self._apply_views()
+        if self.show_health:
+            self.query_one(LayerTable).show(self.state.layers)
+            self.query_one(GradNormPlot).replot(self.state, clip=self._grad_clip())
+            self._layers_dirty, self._last_layers = False, time.monotonic()
+            self._plots_dirty.discard("grad")
+
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         running = self.state.running
@@ -268,6 +356,11 @@ class TuitrainApp(App[int]):
         yield SystemCommand("More smoothing", "]: smooth the loss curve more", lambda: self.action_smoothing(0.1))
         yield SystemCommand("Less smoothing", "[: smooth the loss curve less", lambda: self.action_smoothing(-0.1))
         yield SystemCommand("Toggle log scale", "y: log scale for the loss plot", self.action_toggle_log)
+        if self.state.boundary_points is not None:
+            yield SystemCommand("Toggle decision boundary", "b: the model's predicted class over the input plane",
+                                self.action_toggle_boundary)
+        yield SystemCommand("Toggle layer health", "h: gradient norm and per-layer norms instead of LR and system",
+                            self.action_toggle_health)
         yield SystemCommand("Keys", "?: every key", self.action_help)
 
 
@@ -296,7 +389,7 @@ def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.E
 
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     """Build the trainer, run the dashboard until the user quits, return the exit status."""
-    trainer = run.start(relay)
+    trainer = run.start(relay, boundary=True)  # the grids are for live viewers: headless skips them
     if isinstance(trainer, int):
         return trainer
     app = TuitrainApp(trainer)

@@ -8,6 +8,7 @@ events.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from tuitrain.engine import events as ev
@@ -67,10 +68,25 @@ class DashboardState:
     marks: Marks = field(default_factory=Marks)
     plan_steps: list[int] = field(default_factory=list)
     plan_lrs: list[float] = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+    """The run's resolved config (from RunStarted)."""
+    extras: dict[str, float | None] = field(default_factory=dict)
+    """The latest evaluation's preset-specific numbers (charlm: val_ppl ...)."""
+    boundary_points: ev.BoundaryPoints | None = None
+    """Set once for 2-D classification presets; None means no boundary panel."""
+    boundary_grid: ev.BoundaryGrid | None = None
+    """Only the latest grid: a frame costs the same however long the run."""
+    layers: ev.LayerStats | None = None
+    """Only the latest layer health snapshot."""
+    total_grad_norm: Series = field(default_factory=Series)
+    """LayerStats.total_grad_norm over steps (bounded, like the loss)."""
+    hint: ev.Hint | None = None
+    """The latest diagnosis, shown in the hint bar."""
     log: list[LogLine] = field(default_factory=list)
     """New log lines since the widgets last took them."""
     dirty: set[str] = field(default_factory=set)
-    """Which parts changed: 'loss', 'metric', 'lr', 'plan', 'progress', 'status'."""
+    """Which parts changed: 'loss', 'metric', 'lr', 'plan', 'progress', 'status',
+    'boundary-ready', 'boundary', 'layers', 'grad', 'hint'."""
 
     # -- feeding ---------------------------------------------------------------
     def apply_all(self, events: list[ev.Event]) -> None:
@@ -111,13 +127,14 @@ class DashboardState:
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
         self.preset, self.device, self.task, self.metric = e.preset, e.device_name, e.task, e.metric
         self.run_dir, self.epochs = e.run_dir, int(e.config.get("epochs", 0))
+        self.config = dict(e.config)
         self.steps_per_epoch, self.total_steps = max(1, e.steps_per_epoch), max(1, e.total_steps)
         self.step, self.epoch = e.step, e.epoch + 1
         self.patience = e.config.get("patience")
         if self.started_at is None:
             self.started_at = e.t
         if e.resumed:
-            for series in (self.loss, self.lr_used, self.grad_norm):
+            for series in (self.loss, self.lr_used, self.grad_norm, self.total_grad_norm):
                 series.reset_after(e.step)
             for epochs in (self.train_loss, self.val_loss, self.train_metric, self.val_metric):
                 epochs.reset_after(e.step)
@@ -145,6 +162,8 @@ class DashboardState:
     def _on_EvalDone(self, e: ev.EvalDone) -> None:
         self.best_val_loss, self.best_epoch = e.best_val_loss, e.best_epoch
         self.patience_used, self.patience = e.patience_used, e.patience
+        if e.extras:
+            self.extras = dict(e.extras)
         if e.epoch_end:
             self.val_loss.add(e.epoch, e.step, e.val_loss)
             self.val_metric.add(e.epoch, e.step, e.val_metric)
@@ -155,8 +174,9 @@ class DashboardState:
             # Epoch results are in the plots and the progress panel; the log
             # keeps interventions, warnings and errors readable.
         else:
+            extras = "".join(f", {k.replace('_', ' ')} {fmt_extra(v)}" for k, v in e.extras.items())
             self._say(e, "action", f"evaluated at step {e.step}: val loss {e.val_loss:.4f}, "
-                                   f"{e.metric} {e.val_metric:.4f}")
+                                   f"{e.metric} {e.val_metric:.4f}{extras}")
         self.dirty |= {"metric", "loss", "progress"}
 
     def _on_Paused(self, e: ev.Paused) -> None:
@@ -207,7 +227,7 @@ class DashboardState:
         self._say(e, "warning", f"loss became NaN/Inf at step {e.step}: {what}{back}")
         self.marks.add(e.step, "nan", "nan")
         if e.rolled_back_to is not None:
-            for series in (self.loss, self.lr_used, self.grad_norm):
+            for series in (self.loss, self.lr_used, self.grad_norm, self.total_grad_norm):
                 series.reset_after(e.rolled_back_to)
         self.dirty.add("loss")
 
@@ -236,3 +256,47 @@ class DashboardState:
                   f"{e.status}: {s.get('reason', '')} ({s.get('steps', 0)} steps, "
                   f"{s.get('steps_per_sec', 0):,.0f} steps/s); press q to quit")
         self.dirty |= {"status", "progress"}
+
+    # -- seeing the model learn ------------------------------------------------------
+    def _on_BoundaryPoints(self, e: ev.BoundaryPoints) -> None:
+        first = self.boundary_points is None
+        self.boundary_points = e
+        self.dirty |= {"boundary-ready", "boundary"} if first else {"boundary"}
+
+    def _on_BoundaryGrid(self, e: ev.BoundaryGrid) -> None:
+        if len(e.cells) != e.rows * e.cols:
+            return  # a malformed frame would draw garbage; keep the last good one
+        self.boundary_grid = e
+        self.dirty.add("boundary")
+
+    def _on_LayerStats(self, e: ev.LayerStats) -> None:
+        self.layers = e
+        norm = e.total_grad_norm
+        last = self.total_grad_norm.last_step
+        if norm is not None and (last is None or e.step > last):
+            self.total_grad_norm.append(e.step, norm)
+            self.dirty.add("grad")
+        self.dirty.add("layers")
+
+    def _on_Hint(self, e: ev.Hint) -> None:
+        self.hint = e
+        text = f"hint: {clip(e.message)} ({clip(e.evidence)}) → {clip(e.remedy)}"
+        self._say(e, "warning", text)
+        self.dirty.add("hint")
+
+    def _on_Sample(self, e: ev.Sample) -> None:
+        text = clip(e.text.replace("\r", "").replace("\n", " ⏎ "), 240)
+        self._say(e, "info", f'sample (epoch {e.epoch}): "{text}"')
+
+
+def clip(text: str, limit: int = 200) -> str:
+    """One log entry stays a few lines even when an engine message is long."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fmt_extra(value: float | None) -> str:
+    """A preset's extra number (perplexity, ...): 4 significant digits, '--' when missing."""
+    if value is None or not math.isfinite(value):
+        return "--"
+    return f"{value:.4g}"

@@ -16,6 +16,8 @@ KEYS = [
     ("q", "quit (stops and saves first while training)"),
     ("[ / ]", "less / more smoothing of the loss curve"),
     ("y", "log scale for the loss"),
+    ("b", "decision boundary on / off: the predicted class over the input (2-D presets)"),
+    ("h", "layer health in the middle row: gradient norm, per-layer table"),
     ("?", "this help"),
     ("ctrl+p", "command palette: every action by name"),
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.style import Style
 from rich.text import Text
 
-from tuitrain.tui.state import DashboardState
+from tuitrain.tui.state import DashboardState, fmt_extra
 from tuitrain.tui.widgets.text_panel import TextPanel
 
 
@@ -27,6 +27,10 @@ class ProgressPanel(TextPanel):
             f"best val loss {best}",
             f"patience {patience} · lr {lr}",
         )
+        if state.extras:
+            # The preset's own numbers (charlm: perplexity) next to the losses they come from.
+            extras = " · ".join(f"{k.replace('_', ' ')} {fmt_extra(v)}" for k, v in state.extras.items())
+            lines = lines[:4] + (extras,) + lines[4:]
         key = (lines, done_epochs, self.size.width)
         if key == self._key:
             return

@@ -1,0 +1,37 @@
+"""The total gradient norm (before clipping) over steps, on a log axis.
+
+Exploding or vanishing gradients show up as orders of magnitude, so the y
+axis is logarithmic. The points come from a bounded Series thinned to the
+plot's width: a redraw costs the same however long the run. The clipping
+threshold, when clipping is on, is a horizontal line.
+"""
+
+from __future__ import annotations
+
+from tuitrain.tui.state import DashboardState
+from tuitrain.tui.widgets.layer_table import fmt_norm
+from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+
+
+class GradNormPlot(TrainPlot):
+    COMPONENT_CLASSES = {"grad-norm-plot--norm", "grad-norm-plot--clip"}
+
+    def replot(self, state: DashboardState, *, clip: float | None = None) -> None:
+        series = state.total_grad_norm
+        last = series.last
+        self.start("grad norm (log)" if last is None else f"grad norm {fmt_norm(last)} (log)")
+        plt = self.plt
+        if len(series) == 0:
+            plt.title("grad norm: waiting")
+            self.finish()
+            return
+        cols = series.thin(self.columns)
+        x, y = finite_pairs(cols.x, cols.mean, positive=True)
+        if x:
+            plt.plot(x, y, color=self.colour("grad-norm-plot--norm"), marker="braille")
+            if clip:
+                plt.hline(clip, self.colour("grad-norm-plot--clip"))
+            self.integer_xticks(min(x), max(x), count=3)
+            plt.yscale("log")
+        plt.xlabel("step")
+        self.finish()
