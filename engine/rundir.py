@@ -49,7 +49,7 @@ class RunDir:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self._metrics: int | None = None  # the file descriptor of metrics.jsonl
-        self.write_error: str | None = None
+        self.metrics_error: str | None = None
         """The error of the failing metrics.jsonl write streak, None while writes succeed."""
         self.dropped_lines = 0
         """Records dropped because metrics.jsonl could not be written for too long."""
@@ -126,7 +126,7 @@ class RunDir:
         self._pending_size = 0
         self._unwritten = b""  # what a failed or short write left, starting where the file ends
         self._on_error = on_error
-        self.write_error: str | None = None
+        self.metrics_error: str | None = None
         self.dropped_lines = 0
 
     def append(self, lines: list[str]) -> None:
@@ -138,7 +138,7 @@ class RunDir:
             return
         self._pending.extend(lines)
         self._pending_size += size
-        if self._pending_size >= self.FLUSH_AT and self.write_error is None:
+        if self._pending_size >= self.FLUSH_AT and self.metrics_error is None:
             self.flush()
 
     def flush(self) -> None:
@@ -157,13 +157,13 @@ class RunDir:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:
             self._unwritten = bytes(view)  # a short write continues exactly where the file ends
-            if self.write_error is None:
-                self.write_error = f"{type(exc).__name__}: {exc}"
+            if self.metrics_error is None:
+                self.metrics_error = f"{type(exc).__name__}: {exc}"
                 if self._on_error is not None:
-                    self._on_error(self.path / "metrics.jsonl", self.write_error)
+                    self._on_error(self.path / "metrics.jsonl", self.metrics_error)
             return
         self._unwritten = b""
-        self.write_error = None
+        self.metrics_error = None
 
     def close(self) -> None:
         if self._metrics is not None:
