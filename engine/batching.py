@@ -100,3 +100,25 @@ def make_batches(split: object, batch_size: int, device: torch.device, seed: int
         return LoaderBatches(split, batch_size, device, seed, shuffle, drop_last, num_workers)
     raise TypeError("a data split must be a pair of tensors (inputs, targets) or a map-style torch Dataset, "
                     f"got {type(split).__name__}")
+
+
+def nonfinite_data(batches: object, split: str = "training") -> str | None:
+    """'the training inputs hold 2 non-finite values (1 NaN, 1 Inf)', or None.
+
+    Called once, when the NaN guard fires, so that a NaN that came with the
+    data is not taken for a learning-rate problem. Only in-memory tensors are
+    scanned (a Dataset may be large or lazy).
+    """
+    if not isinstance(batches, TensorBatches):
+        return None
+    notes = []
+    for what, t in (("inputs", batches.x), ("targets", batches.y)):
+        if not t.is_floating_point() and not t.is_complex():
+            continue
+        nan = int(torch.isnan(t).sum())
+        inf = int(torch.isinf(t).sum())
+        if nan or inf:
+            parts = ", ".join(p for p in (nan and f"{nan} NaN", inf and f"{inf} Inf") if p)
+            notes.append(f"the {split} {what} hold {nan + inf} non-finite value{'s' if nan + inf > 1 else ''} "
+                         f"({parts})")
+    return "; ".join(notes) or None

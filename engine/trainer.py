@@ -498,7 +498,7 @@ class Trainer:
 
             # -- one optimizer step -------------------------------------------
             step_loss = group_loss / group if group > 1 else group_loss
-            if skip_nonfinite and not bool(torch.isfinite(step_loss)):
+            if skip_nonfinite and not self._finite_update(step_loss, params, use_scaler):
                 # --on-nan skip needs this host sync each step; stop/pause do not.
                 optimizer.zero_grad(set_to_none=True)
                 self._skipped += 1
@@ -558,6 +558,19 @@ class Trainer:
                     self._finish_run("finished", f"reached --max-steps {cfg.max_steps}")
                 break  # on an epoch boundary: the epoch's end runs as usual first
         self._flush()
+
+    @staticmethod
+    def _finite_update(loss: torch.Tensor, params: list[torch.Tensor], use_scaler: bool) -> bool:
+        """--on-nan skip: a finite loss and finite gradients (a finite loss can still bring
+        NaN gradients, e.g. an Inf input behind a ReLU that is off). A GradScaler checks
+        the gradients itself. One host sync per step."""
+        checks = [loss.detach().float().reshape(1)]
+        grads = [p.grad.detach() for p in params if p.grad is not None] if not use_scaler else []
+        if grads:
+            norms = torch._foreach_norm(grads, ord=float("inf")) if hasattr(torch, "_foreach_norm") else \
+                [g.abs().max() for g in grads]
+            checks.append(torch.stack([n.float() for n in norms]))
+        return bool(torch.isfinite(torch.cat(checks)).all())
 
     def _optimizer_step(self, use_scaler: bool) -> None:
         if use_scaler:
@@ -752,6 +765,9 @@ class Trainer:
             self._emit_findings([self._diag.observe_nonfinite(step, "stop", what)])
         latest = self.rundir.checkpoints / "latest.pt"
         keep = f"; the last good checkpoint is {latest}" if latest.exists() else ""
+        from .batching import nonfinite_data  # once, at the end: a NaN that came with the data, named as such
+        data = nonfinite_data(self.train_batches)
+        keep = (f"; {data}" if data else "") + keep
         raise _EndRun("failed", f"{what} became non-finite at step {step} (--on-nan {self.cfg.on_nan}){keep}")
 
     def _roll_back(self) -> int | None:
