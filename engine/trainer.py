@@ -28,11 +28,7 @@ from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheck
 from .config import ConfigError, RunConfig
 from .devices import device_name, resolve_device
 from .boundary import BoundaryProbe, boundary_inputs
-try:  # TEMPORARY while engine/diagnosis.py is being written; removed before commit of the integration
-    from .diagnosis import Diagnostician, Finding
-except ImportError:  # pragma: no cover
-    Diagnostician = None  # type: ignore[assignment,misc]
-    Finding = Any  # type: ignore[assignment,misc]
+from .diagnosis import Diagnostician, Finding
 from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop,
                      EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
                      RunEnded, RunFailed, RunStarted, Sample, SchedulePreview, StepStats, Stopped)
@@ -203,8 +199,7 @@ class Trainer:
         self._boundary_at = -math.inf
         self._health = LayerHealth(self.model) if insights else None
         self._collect_due = False
-        self._diag = (Diagnostician(patience=cfg.patience, device_type=self.device.type)
-                      if insights and Diagnostician is not None else None)
+        self._diag = Diagnostician(patience=cfg.patience, device_type=self.device.type) if insights else None
         self.loss_fn = preset.loss()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn = self.loss_fn.to(self.device)
