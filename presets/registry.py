@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from . import circles, moons, sine, spiral, xor
+from . import charlm, circles, explode, moons, overfit, shapes, sine, spiral, xor
 from .base import Preset
 
 BUILTIN: dict[str, Preset] = {
-    p.name: p for p in (circles.PRESET, moons.PRESET, spiral.PRESET, xor.PRESET, sine.PRESET)
+    p.name: p
+    for p in (
+        circles.PRESET, moons.PRESET, spiral.PRESET, xor.PRESET, sine.PRESET,
+        shapes.PRESET, shapes.AUG_PRESET, charlm.PRESET, explode.PRESET, overfit.PRESET,
+    )
 }
 
 
