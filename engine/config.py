@@ -107,6 +107,8 @@ class RunConfig:
                 _positive_int(self, name)
         if self.threads is not None and self.threads > 4096:
             raise ConfigError(f"--threads must be at most 4096, got {self.threads}")
+        if self.num_workers > 1024:  # each one is a process
+            raise ConfigError(f"--num-workers must be at most 1024, got {self.num_workers}")
         _choice(self, "optimizer", OPTIMIZERS)
         _choice(self, "scheduler", SCHEDULERS)
         _choice(self, "on_nan", ON_NAN)
@@ -141,13 +143,20 @@ def _int(cfg: RunConfig, name: str) -> int:
     return value
 
 
+def _count(cfg: RunConfig, name: str) -> int:
+    value = _int(cfg, name)
+    if value >= 2**63:  # torch counts in int64: a bigger number would fail mid-run, not here
+        raise ConfigError(f"--{_flag(name)} is too large: {value}")
+    return value
+
+
 def _positive_int(cfg: RunConfig, name: str) -> None:
-    if _int(cfg, name) <= 0:
+    if _count(cfg, name) <= 0:
         raise ConfigError(f"--{_flag(name)} must be a positive integer, got {getattr(cfg, name)}")
 
 
 def _non_negative_int(cfg: RunConfig, name: str) -> None:
-    if _int(cfg, name) < 0:
+    if _count(cfg, name) < 0:
         raise ConfigError(f"--{_flag(name)} must be zero or a positive integer, got {getattr(cfg, name)}")
 
 
