@@ -23,7 +23,7 @@ def make_model() -> nn.Module:
 
 PRESET = Preset(
     name="explode",
-    description="circles with SGD at lr 10 + momentum: the loss goes NaN in epoch 1, to show the NaN guard and its hint",
+    description="circles, SGD at lr 10 with momentum: the loss goes NaN in epoch 1 (shows the NaN guard and hint)",
     task="classification",
     make_data=circles.make_data,
     make_model=make_model,

@@ -73,7 +73,7 @@ _DEFAULTS = {"optimizer": "adam", "lr": 0.005, "batch_size": 64, "epochs": 12, "
 
 PRESET = Preset(
     name="shapes",
-    description=f"noisy {SIZE}x{SIZE} grey images of circles, squares, triangles; small CNN with BatchNorm+Dropout (3 classes)",
+    description=f"noisy {SIZE}x{SIZE} grey circles, squares, triangles; small CNN, BatchNorm + Dropout (3 classes)",
     task="classification",
     make_data=make_data,
     make_model=make_model,

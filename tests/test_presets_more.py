@@ -16,9 +16,13 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import run
+from conftest import assert_same_weights, run, weights
+from tuitrain.engine import events as ev
 from tuitrain.engine.checkpoint import load as load_checkpoint
+from tuitrain.engine.commands import Stop
 from tuitrain.engine.config import RunConfig
+from tuitrain.engine.rundir import step_losses
+from tuitrain.engine.trainer import Trainer
 from tuitrain.presets import BUILTIN, builtin_names, load_preset
 from tuitrain.presets import charlm, shapes
 from tuitrain.presets.base import Preset
@@ -140,6 +144,30 @@ def test_shapes_aug_model_starts_with_augmentation() -> None:
     x = shapes.make_data(0).val[0][:8]
     with torch.inference_mode():
         assert torch.equal(model(x), model(x))
+
+
+def test_shapes_aug_stopped_and_resumed_equals_never_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The augmentation draws from the global RNG, which checkpoints carry: resume stays exact."""
+    monkeypatch.setattr(shapes, "N_TRAIN", 320)
+    monkeypatch.setattr(shapes, "N_VAL", 64)
+    preset = BUILTIN["shapes-aug"]
+    cfg = cfg_for(preset, epochs=2, batch_size=32)  # 10 steps an epoch
+    full = run(cfg, preset, tmp_path / "full")
+
+    run_dir = tmp_path / "part"
+    trainers: list[Trainer] = []
+
+    def stop_after_first_epoch(event: ev.Event) -> None:
+        if isinstance(event, ev.EvalDone) and event.epoch == 1:
+            trainers[0].commands.put(Stop())
+
+    trainers.append(Trainer(cfg, preset, run_dir, listeners=[stop_after_first_epoch]))
+    part = trainers[0].run()
+    assert part.status == "stopped" and 0 < part.summary["steps"] < 20
+    resumed = run(cfg, preset, run_dir, resume=load_checkpoint(run_dir / "checkpoints" / "latest.pt"))
+    assert resumed.result.status == "finished" and resumed.result.summary["steps"] == 20
+    assert_same_weights(weights(resumed.trainer.model), weights(full.trainer.model))
+    assert step_losses(run_dir / "metrics.jsonl") == step_losses(full.dir / "metrics.jsonl")
 
 
 def test_shapes_learns_well_above_chance(tmp_path: Path) -> None:
