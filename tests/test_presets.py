@@ -22,11 +22,13 @@ from tuitrain.presets import (
 )
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_experiment.py"
-ALLOWED_DEFAULTS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "patience"}
+ALLOWED_DEFAULTS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "patience",
+                    "momentum", "warmup", "grad_clip"}
 OPTIMIZERS = {"sgd", "adam", "adamw", "rmsprop"}
 SCHEDULERS = {"none", "step", "cosine", "onecycle", "plateau", "warmup-cosine"}
 UNKNOWN = (
-    "unknown preset 'foo' (known: circles, moons, spiral, xor, sine; "
+    "unknown preset 'foo' (known: circles, moons, spiral, xor, sine, shapes, shapes-aug, charlm, explode, "
+    "overfit; "
     "or a path to a .py file, or package.module:attr)"
 )
 
@@ -42,7 +44,8 @@ def _tensors(split: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_order_and_names() -> None:
-    assert builtin_names() == ["circles", "moons", "spiral", "xor", "sine"]
+    assert builtin_names() == ["circles", "moons", "spiral", "xor", "sine", "shapes", "shapes-aug", "charlm",
+                               "explode", "overfit"]
     assert all(BUILTIN[name].name == name for name in builtin_names())
 
 
@@ -74,14 +77,18 @@ def test_builtin_builds_and_forward(name: str) -> None:
     loss_fn = preset.loss()
     for split in (data.train, data.val):
         x, y = _tensors(split)
-        assert x.dtype == torch.float32 and x.ndim == 2 and len(x) == len(y)
-        assert torch.isfinite(x).all()
+        assert len(x) == len(y)
+        if x.is_floating_point():  # features or images
+            assert x.dtype == torch.float32 and torch.isfinite(x).all()
+        else:  # token ids (charlm)
+            assert x.dtype == torch.int64 and x.min() >= 0
         out = model(x[:16])
         if preset.task == "classification":
-            assert y.dtype == torch.int64 and y.ndim == 1
-            classes = int(y.max()) + 1
-            assert out.shape == (16, classes)
-            assert set(y.tolist()) == set(range(classes))
+            # Logits carry the classes on dim 1; a language model adds the time axis after it.
+            assert y.dtype == torch.int64 and out.shape[0] == 16 and out.shape[2:] == y.shape[1:]
+            assert 0 <= int(y.min()) and int(y.max()) < out.shape[1]
+            if y.ndim == 1:
+                assert set(y.tolist()) == set(range(out.shape[1]))
         else:
             assert y.dtype == torch.float32 and y.shape == (len(x), 1)
             assert out.shape == (16, 1)

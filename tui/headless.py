@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 class HeadlessReporter:
     """Formats engine events as lines; stops printing (not training) if the output goes away."""
 
-    def __init__(self, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
-        self.out, self.err = out, err
+    def __init__(self, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        # Looked up now, not at import: whoever runs us may have redirected them.
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
         self.metric = "acc"
         self._epoch_started = time.perf_counter()
         self._epoch_step = 0
