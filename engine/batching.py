@@ -34,6 +34,10 @@ def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+#: Batches split off at a time (see TensorBatches.epoch).
+SPLIT_CHUNK = 1024
+
+
 class TensorBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
                  seed: int, shuffle: bool = True, drop_last: bool = False) -> None:
@@ -53,10 +57,13 @@ class TensorBatches:
         if self.shuffle:
             order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch)).to(self.device)
             x, y = x[order], y[order]
-        # split() makes every batch view in one call, cheaper than slicing per step.
-        xs, ys = x.split(self.batch_size), y.split(self.batch_size)
-        for i in range(start, self.batches_per_epoch):
-            yield xs[i], ys[i]
+        # split() makes many batch views in one call, cheaper than slicing per step; a chunk
+        # at a time, since a view costs ~1 KB (a million of them at batch size 1 is a GB).
+        bs, chunk = self.batch_size, SPLIT_CHUNK
+        for c in range(start - start % chunk, self.batches_per_epoch, chunk):
+            xs, ys = x[c * bs:(c + chunk) * bs].split(bs), y[c * bs:(c + chunk) * bs].split(bs)
+            for i in range(max(start - c, 0), min(len(xs), self.batches_per_epoch - c)):
+                yield xs[i], ys[i]
 
 
 class LoaderBatches:

@@ -56,7 +56,8 @@ def _long_run(tmp_path: Path, steps: int) -> None:
 
     R = tmp_path / "R"
     cfg = make_cfg(epochs=1, batch_size=1, lr=0.001, log_interval=0.25, scheduler="none")
-    trainer = Trainer(cfg, _line_preset(steps), R, listeners=[listener])
+    # As the headless runner sets it up: the reporter listens, and the unread buffer keeps nothing.
+    trainer = Trainer(cfg, _line_preset(steps), R, listeners=[listener], events=ev.EventBuffer(maxlen=0))
     started = time.perf_counter()
     result = trainer.run()
     seconds = time.perf_counter() - started
@@ -79,7 +80,44 @@ def _long_run(tmp_path: Path, steps: int) -> None:
             n += 1
             assert record["step"] == n
     assert n == steps
-    assert len(trainer.events) <= 10_000  # the event buffer is bounded; nobody drained it here
+
+
+def test_headless_keeps_no_unread_event_buffer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the million-step run: headless never reads trainer.events, and a full buffer of step
+    batches held 73 MB after 100k steps (and would reach ~1 GB at 10,000 events)."""
+    import tuitrain.tui.cli as cli
+
+    seen: dict = {}
+    real = cli.PreparedRun.start
+
+    def start(self, relay, **kwargs):  # type: ignore[no-untyped-def]
+        trainer = real(self, relay, **kwargs)
+        seen["trainer"] = trainer
+        return trainer
+
+    monkeypatch.setattr(cli.PreparedRun, "start", start)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--preset", "circles", "--headless", "--max-steps", "300", "--run-dir", "R"]) == 0
+    assert len(seen["trainer"].events) == 0 and seen["trainer"].events.dropped > 0
+
+
+@pytest.mark.parametrize("size,bs,drop_last,start", [(10_000, 1, False, 0), (10_000, 1, False, 3000),
+                                                     (5000, 3, True, 0), (5000, 3, False, 1666),
+                                                     (3000, 7, True, 428), (64, 8, False, 7), (64, 100, False, 0)])
+def test_batches_split_a_chunk_at_a_time_are_the_same_batches(size: int, bs: int, drop_last: bool,
+                                                               start: int) -> None:
+    """Found by the million-step run: splitting a whole epoch at once kept a view per batch alive
+    (~1 KB each: 1.5 GB at a million samples and batch size 1); now a chunk at a time, same batches."""
+    from tuitrain.engine.batching import TensorBatches, epoch_generator
+
+    x, y = torch.arange(size * 2.0).reshape(size, 2), torch.arange(size)
+    b = TensorBatches(x, y, bs, torch.device("cpu"), seed=1, shuffle=True, drop_last=drop_last)
+    order = torch.randperm(size, generator=epoch_generator(1, 2))
+    xs, ys = x[order].split(bs), y[order].split(bs)
+    expected = [(xs[i], ys[i]) for i in range(start, b.batches_per_epoch)]
+    got = list(b.epoch(2, start=start))
+    assert len(got) == len(expected)
+    assert all(torch.equal(a, c) and torch.equal(p, q) for (a, p), (c, q) in zip(got, expected))
 
 
 def test_200k_steps_keep_memory_bounded_and_the_record_valid(tmp_path: Path) -> None:

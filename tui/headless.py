@@ -142,7 +142,9 @@ def _count(n: int, noun: str) -> str:
 def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
     from tuitrain.tui.cli import exit_code
 
-    trainer = run.start(relay, listeners=[HeadlessReporter()])
+    # The reporter hears every event as a listener; nobody reads the EventBuffer here, so it keeps
+    # nothing (a full one holds 10,000 events: over a GB of step batches in a long fast run).
+    trainer = run.start(relay, listeners=[HeadlessReporter()], events=ev.EventBuffer(maxlen=0))
     if isinstance(trainer, int):
         return trainer
     return exit_code(trainer.run())
