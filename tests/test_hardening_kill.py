@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from cli_helpers import cli_env, read_json, tuitrain
 from conftest import assert_same_weights
@@ -43,7 +42,6 @@ KILLS = 20
 #: write (so kills can land inside a write) while a training step stays cheap.
 #: 256 samples at batch 16: 16 steps an epoch, a latest.pt every epoch.
 PRESET = '''
-import torch
 from torch import nn
 from tuitrain.presets import Data
 

@@ -2,9 +2,10 @@
 
 - A 1,000,000-step run (a scalar model, batch 1) keeps the process RSS within
   64 MB of what it was after warm-up, and metrics.jsonl holds every step once,
-  every line valid. Measured here at ~6,000 steps/s on a loaded 2-core box,
-  so the full run takes minutes: it is marked slow and runs only with
-  TUITRAIN_SLOW=1. The default suite runs the same check over 200,000 steps.
+  every line valid. Measured here (a loaded 2-core box): 1M steps in 178 s,
+  RSS growth 0.3 MB after warm-up (before the fixes below: 73 MB, and 1.5 GB
+  of batch views). The full run is marked slow and runs only with
+  TUITRAIN_SLOW=1; the default suite runs the same check over 200,000 steps.
 - The dashboard's state after a million steps costs what it cost after ten
   thousand: applying a batch of steps and building the loss plot's columns.
 - Ten runs back to back in one process leave no thread, file descriptor,
