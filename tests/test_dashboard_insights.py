@@ -332,3 +332,30 @@ def test_the_real_engine_with_boundary_draws_live_grids(tmp_path: Path) -> None:
             assert app.check_action("toggle_boundary", ()) is True
 
     run_async(body)
+
+
+def test_log_scale_plots_survive_a_resize() -> None:
+    """plotext's own log scale took the log again on a repaint without new data (a resize) and crashed."""
+    steps = list(range(1, 201))
+    events: list[ev.Event] = [run_started(T0)]
+    for first in range(1, 201, 50):
+        chunk = steps[first - 1:first + 49]
+        events.append(ev.StepStats(chunk[-1], T0 + first, epoch=1, steps=chunk, loss=[1.0 / s for s in chunk],
+                                   lr=[0.01] * len(chunk), grad_norm=None, epoch_step=chunk[-1],
+                                   steps_per_epoch=300, steps_per_sec=100.0, samples_per_sec=1600.0))
+        events.append(layer_stats(chunk[-1], T0 + first, scale=first / 10))
+    trainer = FakeTrainer(events)
+
+    async def body() -> None:
+        async with dashboard(trainer) as (app, pilot, sampler):  # type: ignore[arg-type]
+            await until(pilot, lambda: app.state.step == 200, "the steps drained")
+            await pilot.press("h", "y")
+            await ticks(pilot, sampler, 6)  # the plots redrawn in log scale (at most 1 Hz)
+            for size in ((100, 30), (80, 24), (120, 40)):
+                await pilot.resize_terminal(*size)
+                await ticks(pilot, sampler, 2)
+                await pilot.pause()
+                assert app.is_running and app.return_code is None
+            assert app.log_scale and app.show_health
+
+    run_async(body)

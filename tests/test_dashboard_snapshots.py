@@ -187,11 +187,15 @@ def test_health_view(snap_compare, utc, size: tuple[int, int]) -> None:
     wait = settled(app, sampler, "FINISHED", "press q to quit")
 
     async def run_before(pilot: Any) -> None:
+        from tuitrain.tui.widgets.grad_norm_plot import GradNormPlot
         from tuitrain.tui.widgets.layer_table import LayerTable
 
         await wait(pilot)
         await pilot.press("h")
+        plot = app.query_one(GradNormPlot)
         await until(pilot, lambda: app.query_one(LayerTable).row_count == 4, "the layer table")
+        await until(pilot, lambda: not plot.display or 0 < plot.size.width == plot.drawn_width,
+                    "the gradient norm drawn at its width (wide terminals; narrow ones show the table alone)")
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=size, run_before=run_before)

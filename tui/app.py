@@ -338,9 +338,10 @@ class TuitrainApp(App[int]):
         self._apply_views()
         if self.show_health:
             self.query_one(LayerTable).show(self.state.layers)
-            self.query_one(GradNormPlot).replot(self.state, clip=self._grad_clip())
             self._layers_dirty, self._last_layers = False, time.monotonic()
             self._plots_dirty.discard("grad")
+            # After the layout pass: the plot thins its series to the width it will have.
+            self.call_after_refresh(lambda: self.query_one(GradNormPlot).replot(self.state, clip=self._grad_clip()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)

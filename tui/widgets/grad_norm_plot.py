@@ -8,9 +8,11 @@ threshold, when clipping is on, is a horizontal line.
 
 from __future__ import annotations
 
+import math
+
 from tuitrain.tui.state import DashboardState
 from tuitrain.tui.widgets.layer_table import fmt_norm
-from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs, log10_all
 
 
 class GradNormPlot(TrainPlot):
@@ -27,11 +29,14 @@ class GradNormPlot(TrainPlot):
             return
         cols = series.thin(self.columns)
         x, y = finite_pairs(cols.x, cols.mean, positive=True)
+        y = log10_all(y)
         if x:
             plt.plot(x, y, color=self.colour("grad-norm-plot--norm"), marker="braille")
+            lo, hi = min(y), max(y)
             if clip:
-                plt.hline(clip, self.colour("grad-norm-plot--clip"))
+                plt.hline(math.log10(clip), self.colour("grad-norm-plot--clip"))
+                lo, hi = min(lo, math.log10(clip)), max(hi, math.log10(clip))
             self.integer_xticks(min(x), max(x), count=3)
-            plt.yscale("log")
+            self.log_yticks(lo, hi)
         plt.xlabel("step")
         self.finish()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tuitrain.tui.state import DashboardState
-from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs, log10_all
 
 MARK_COMPONENTS = {"lr": "loss-plot--mark-lr", "pause": "loss-plot--mark-pause",
                    "checkpoint": "loss-plot--mark-checkpoint", "nan": "loss-plot--mark-nan"}
@@ -22,14 +22,18 @@ class LossPlot(TrainPlot):
             return
         cols = state.loss.thin(self.columns)
         x, y = finite_pairs(cols.x, cols.mean, positive=log_scale)
+        scale = log10_all if log_scale else list
+        y = scale(y)
         if x:
             plt.plot(x, y, color=self.colour("loss-plot--raw"), label="train")
         sx, sy = state.loss.ema(smoothing, self.columns)
         sx, sy = finite_pairs(sx, sy, positive=log_scale)
+        sy = scale(sy)
         if sx and smoothing > 0:
             plt.plot(sx, sy, color=self.colour("loss-plot--smoothed"), label="smoothed")
         vx, vy = finite_pairs([p[1] for p in state.val_loss.points()], [p[2] for p in state.val_loss.points()],
                               positive=log_scale)
+        vy = scale(vy)
         if vx:
             plt.plot(vx, vy, color=self.colour("loss-plot--val"), marker="dot", label="val")
         lo, hi = (cols.x[0], cols.x[-1]) if cols.x else (0, 1)
@@ -38,7 +42,8 @@ class LossPlot(TrainPlot):
         all_x = x + vx
         if all_x:
             self.integer_xticks(min(all_x), max(all_x))
-        if log_scale:
-            plt.yscale("log")
+        all_y = y + (sy if smoothing > 0 else []) + vy
+        if log_scale and all_y:
+            self.log_yticks(min(all_y), max(all_y))
         plt.xlabel("step")
         self.finish()

@@ -28,7 +28,11 @@ class TrainPlot(PlotextPlot):
         """How many x positions the plot area has (roughly: minus the y-axis labels)."""
         return max(10, self.size.width - 10)
 
+    #: The width the last replot thinned its series to (0: never drawn).
+    drawn_width: int = 0
+
     def start(self, title: str) -> None:
+        self.drawn_width = self.size.width
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
@@ -43,8 +47,30 @@ class TrainPlot(PlotextPlot):
         ticks = sorted({round(lo + (hi - lo) * i / (count - 1)) for i in range(count)})
         self.plt.xticks(ticks, [f"{t:,}" for t in ticks])
 
+    def log_yticks(self, lo: float, hi: float, count: int = 4) -> None:
+        """Label a y axis that holds log10 values with the values themselves.
+
+        The plots take log10 themselves instead of plt.yscale("log"): plotext
+        applies its log scale to the stored data on every build, so a repaint
+        without new data (a resize) took the log twice and crashed.
+        """
+        a, b = math.floor(lo), math.ceil(hi)
+        if b - a >= 2:  # whole decades
+            step = max(1, math.ceil((b - a) / (count - 1)))
+            ticks = [float(t) for t in range(a, b + 1, step)]
+        elif hi > lo:
+            ticks = [lo + (hi - lo) * i / (count - 1) for i in range(count)]
+        else:
+            ticks = [lo]
+        self.plt.yticks(ticks, [f"{10 ** t:.3g}" for t in ticks])
+
     def finish(self) -> None:
         self.refresh()
+
+
+def log10_all(values: list[float]) -> list[float]:
+    """log10 of values already filtered to be positive (finite_pairs(..., positive=True))."""
+    return [math.log10(v) for v in values]
 
 
 def finite_pairs(xs: Iterable[float], ys: Iterable[float | None], *, positive: bool = False) -> tuple[list, list]:
