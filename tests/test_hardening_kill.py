@@ -42,6 +42,7 @@ KILLS = 20
 #: write (so kills can land inside a write) while a training step stays cheap.
 #: 256 samples at batch 16: 16 steps an epoch, a latest.pt every epoch.
 PRESET = '''
+import torch
 from torch import nn
 from tuitrain.presets import Data
 
