@@ -121,7 +121,7 @@ def test_circles_two_epochs_headless_writes_the_whole_run_directory(tmp_path: Pa
     assert lines.index(finished[0]) > lines.index(epochs[-1])
 
     assert sorted(x.name for x in R.iterdir()) == ["checkpoints", "config.json", "history.json",
-                                                     "metrics.jsonl", "summary.json"]
+                                                     "metrics.jsonl", "run.pid", "summary.json"]
     config = read_json(R / "config.json")
     assert config["preset"] == "circles" and config["epochs"] == 2 and config["run_dir"] == str(R)
     history = read_json(R / "history.json")

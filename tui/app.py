@@ -12,7 +12,7 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -54,13 +54,16 @@ LAYERS_INTERVAL = 1.0
 SMOOTHING = Binding.Group("Smooth", compact=True)
 
 #: Actions that steer a live run; greyed out once it has ended.
-STEERING = ("toggle_pause", "set_lr", "save", "stop")
+STEERING = ("toggle_pause", "set_lr", "save", "stop", "detach")
 
 
 class TuitrainApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "tuitrain"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    #: The app exits with the run's signal status (128+N) when the run is interrupted;
+    #: `tuitrain watch` (tui/watch.py) stays open instead.
+    EXIT_WITH_RUN = True
     VERTICAL_BREAKPOINTS = [(0, "-tiny"), (20, "-short"), (30, "-tall")]
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause or resume training"),
@@ -73,6 +76,9 @@ class TuitrainApp(App[int]):
         Binding("h", "toggle_health", "Health", id="health",
                 tooltip="layer health: gradient norm and per-layer table instead of LR and system"),
         Binding("question_mark", "help", "Help", id="help"),  # before the plot keys: still in view at 80 columns
+        # Not in the footer (it is full at 80 columns); in the help (?) and the command palette.
+        Binding("d", "detach", "Detach", id="detach", show=False,
+                tooltip="save, keep training in the background, return the shell (tuitrain watch RUN_DIR)"),
         Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less", group=SMOOTHING),
         Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more", group=SMOOTHING),
         Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
@@ -105,6 +111,8 @@ class TuitrainApp(App[int]):
         """The middle row shows layer health (h) instead of LR and system."""
         self._last_layers = 0.0
         self._layers_dirty = False
+        self.detach_requested = False
+        """d was pressed: the run saves and ends here, then run_app resumes it in the background."""
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -207,7 +215,7 @@ class TuitrainApp(App[int]):
                 self._last_plot = now
         if not state.running and not self._ended_seen:
             self._ended_seen = True
-            if state.end_signal:
+            if state.end_signal and self.EXIT_WITH_RUN:
                 self._finish(128 + int(state.end_signal))
         if self._quit_requested and not state.running:
             self._finish(self._exit_code_for_end())
@@ -291,6 +299,17 @@ class TuitrainApp(App[int]):
     def action_stop(self) -> None:
         self.trainer.commands.put(Stop(reason="stopped from the dashboard"))
 
+    def action_detach(self) -> None:
+        """Save at this step (no evaluation, like SIGHUP) and end; run_app continues the run in the background."""
+        if not self.state.running or self.detach_requested:
+            return
+        from tuitrain.tui.detach import DETACH_SIGNAL
+
+        self.detach_requested = True
+        self.state.log.append(LogLine(time.time(), "action",
+                                      "detaching: saving a checkpoint, then training continues in the background"))
+        self.trainer.commands.put(Stop(reason="detached from the dashboard", signal=DETACH_SIGNAL))
+
     def action_help_quit(self) -> None:
         """ctrl+c: point at the key that quits safely."""
         self.notify("Press q to quit (a running training is stopped and saved first).")
@@ -353,6 +372,8 @@ class TuitrainApp(App[int]):
                                 self.action_set_lr)
             yield SystemCommand("Save checkpoint now", "s: write checkpoints/step-<N>.pt", self.action_save)
             yield SystemCommand("Stop early", "x: finish the step, evaluate, save", self.action_stop)
+            yield SystemCommand("Detach", "d: keep training in the background and return the shell",
+                                self.action_detach)
         yield SystemCommand("Quit tuitrain", "q: stops and saves first while training", self.action_quit_run)
         yield SystemCommand("More smoothing", "]: smooth the loss curve more", lambda: self.action_smoothing(0.1))
         yield SystemCommand("Less smoothing", "[: smooth the loss curve less", lambda: self.action_smoothing(-0.1))
@@ -372,7 +393,8 @@ SWITCH_INTERVAL = 0.02
 EXIT_GRACE = 5.0
 
 
-def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.Event) -> None:
+def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.Event,
+                   finalize: Callable[[int], int]) -> None:
     """Make sure a finished, saved run always ends the process.
 
     When the terminal is gone (SIGHUP: the SSH connection dropped), Textual can
@@ -385,7 +407,7 @@ def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.E
             if returned.wait(EXIT_GRACE):
                 return
             code = app.exit_code if app.exit_code is not None else 128 + int(relay.received or 0)
-            os._exit(code)
+            os._exit(finalize(code))
 
 
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
@@ -394,13 +416,19 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     if isinstance(trainer, int):
         return trainer
     app = TuitrainApp(trainer)
+
+    def finalize(code: int) -> int:
+        """Close the control socket; after a detach (d, or SIGHUP with --on-hangup detach) resume in the background."""
+        return run.finish(code, detach=app.detach_requested or relay.detach_requested,
+                          to_terminal=not relay.detach_requested)
+
     # The UI and the engine share the GIL. A longer switch interval than
     # Python's 5 ms lets the engine keep it through its many short releases
     # instead of handing it to the UI each time; keys still answer within
     # tens of ms (measured: tests/perf/bench_dashboard.py).
     sys.setswitchinterval(SWITCH_INTERVAL)
     returned = threading.Event()
-    threading.Thread(target=_exit_watchdog, args=(app, relay, returned), name="tuitrain-exit-watchdog",
+    threading.Thread(target=_exit_watchdog, args=(app, relay, returned, finalize), name="tuitrain-exit-watchdog",
                      daemon=True).start()
     try:
         app.run()
@@ -413,7 +441,7 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
             trainer.commands.put(Stop(reason="the dashboard closed"))
             app.engine_done.wait(timeout=120)
     if app.exit_code is not None:
-        return app.exit_code
+        return finalize(app.exit_code)
     if relay.received is not None:
-        return 128 + relay.received
-    return app._exit_code_for_end() if not app.state.running else 1
+        return finalize(128 + relay.received)
+    return finalize(app._exit_code_for_end() if not app.state.running else 1)

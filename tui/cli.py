@@ -3,16 +3,22 @@
 Exit status (DESIGN.md): 0 finished or stopped on purpose; 1 the run failed;
 2 bad usage or input, reported in one line before any training; 128+signal
 after SIGINT/SIGTERM/SIGHUP, each after saving a checkpoint.
+
+`tuitrain watch [RUN_DIR ...]` and `tuitrain runs [DIR]` are subcommands,
+recognised by the first word so that every `tuitrain --preset ...` command
+line parses exactly as before (tui/watch.py, tui/runs_table.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
@@ -25,6 +31,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Flags that may be given with --resume: they do not change what was trained.
 RESUME_FLAGS = {"epochs", "max_steps", "patience", "device", "on_nan", "threads", "num_workers", "run_dir"}
+
+#: What SIGHUP (the terminal or SSH connection went away) does to a run in the foreground.
+ON_HANGUP = ("save-exit", "detach")
 
 
 class UsageError(Exception):
@@ -60,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuitrain",
         description="Train a PyTorch model and watch and steer the run from the terminal.",
         argument_default=argparse.SUPPRESS,
-        epilog="Exit status: 0 finished or stopped, 1 run failed, 2 bad input, 128+N after signal N.",
+        epilog="Also: tuitrain watch [RUN_DIR ...] (open the dashboard on a run, live or finished), "
+               "tuitrain runs [DIR] (a table of runs). "
+               "Exit status: 0 finished or stopped, 1 run failed, 2 bad input, 128+N after signal N.",
     )
     what = p.add_argument_group("what to run")
     what.add_argument("--preset", metavar="SPEC",
@@ -71,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--headless", action="store_true",
                       help="plain text output (also chosen when stdout is not a terminal)")
     what.add_argument("--run-dir", metavar="DIR", help="where to write the run (default runs/<preset>-<time>)")
+    what.add_argument("--detach", action="store_true",
+                      help="train in the background (log in RUN_DIR/output.log); print the run directory and "
+                           "return; then: tuitrain watch RUN_DIR")
+    what.add_argument("--on-hangup", choices=ON_HANGUP,
+                      help="on SIGHUP (the terminal closed): save-exit saves and exits 129 (default); "
+                           "detach saves and continues the run in the background")
 
     o = p.add_argument_group("overrides (defaults come from the preset)")
     o.add_argument("--epochs", type=_integer)
@@ -118,9 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str], relay: "SignalRelay") -> int:
+    if argv and argv[0] == "watch":
+        from tuitrain.tui.watch import main as watch_main
+        return watch_main(argv[1:])
+    if argv and argv[0] == "runs":
+        from tuitrain.tui.runs_table import main as runs_main
+        return runs_main(argv[1:])
     args = vars(build_parser().parse_args(argv))
     if args.pop("list_presets", False):
         return _list_presets()
+    detach = args.pop("detach", False)
+    relay.on_hangup = args.pop("on_hangup", "save-exit")
     # Textual draws on stderr: both streams must be the terminal for a dashboard.
     headless = args.pop("headless", False) or not (sys.stdout.isatty() and sys.stderr.isatty())
     preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
@@ -130,9 +155,13 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
 
     run = _prepare(preset_spec, resume, args)
+    if detach:
+        from tuitrain.tui.detach import start_detached
+        return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
     if headless:
         from tuitrain.tui.headless import run_headless
-        return run_headless(run, relay)
+        rc = run_headless(run, relay)
+        return run.finish(rc, detach=relay.detach_requested, to_terminal=True)
     from tuitrain.tui.app import run_app
     return run_app(run, relay)
 
@@ -220,6 +249,9 @@ def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dic
     if path.is_dir():
         if "run_dir" in overrides:
             raise UsageError("--run-dir cannot be used when resuming a run directory (it continues there)")
+        from tuitrain.engine.control import run_state
+        if run_state(path) == "live":
+            raise UsageError(f"a live run is training in {path}; watch and steer it with: tuitrain watch {path}")
         latest = path / "checkpoints" / "latest.pt"
         if not latest.exists():
             raise UsageError(f"no checkpoint to resume in {path} ({latest} is missing)")
@@ -237,6 +269,10 @@ class PreparedRun:
         self.cfg, self.preset, self.run_dir, self.state = cfg, preset, run_dir, state
         self.created = created
         """The outermost folder this run created (None when the run directory existed)."""
+        self.control: Any = None
+        """The run's ControlServer (RUN_DIR/control.sock) while it trains; None without one."""
+        self._finished = False
+        self._finish_lock = threading.Lock()
 
     def start(self, relay: "SignalRelay", **trainer_kwargs: Any) -> Any:
         """Build the Trainer and route signals to it; an int is the exit status of a run that could not start.
@@ -250,10 +286,51 @@ class PreparedRun:
             trainer = self._build_or_record_failure(**trainer_kwargs)
             if not isinstance(trainer, int):
                 relay.attach(trainer.commands)
+                self._serve(trainer)
             return trainer
         except BaseException:
+            self.close()
             self.discard()
             raise
+
+    def _serve(self, trainer: Any) -> None:
+        """Let watchers steer this run (`tuitrain watch`); without the socket the run still trains."""
+        from tuitrain.engine.control import ControlError, ControlServer
+
+        server = ControlServer(self.run_dir, trainer.commands)
+        try:
+            server.start()
+        except (ControlError, OSError) as exc:
+            print(f"tuitrain: warning: no control socket, so `tuitrain watch` cannot steer this run: {exc}",
+                  file=sys.stderr)
+            return
+        self.control = server
+        trainer.listeners.append(server.listener)
+
+    def close(self) -> None:
+        """Stop serving the control socket (idempotent); watchers see EOF."""
+        server, self.control = self.control, None
+        if server is not None:
+            server.close()
+
+    def finish(self, code: int, *, detach: bool, to_terminal: bool) -> int:
+        """Once the run has ended: close the socket, and if a detach was asked for, continue in the background.
+
+        Safe to call twice (the dashboard's exit watchdog and its normal
+        return may race): the second call returns `code` unchanged.
+        """
+        with self._finish_lock:
+            if self._finished:
+                return code
+            self._finished = True
+            self.close()
+            if not detach:
+                return code
+            summary = _read_summary(self.run_dir)
+            if summary.get("status") != "interrupted":
+                return code  # it ended on its own before the detach took effect: nothing to continue
+            from tuitrain.tui.detach import continue_in_background
+            return continue_in_background(self.run_dir, to_terminal=to_terminal)
 
     def _build_or_record_failure(self, **trainer_kwargs: Any) -> Any:
         import traceback
@@ -289,6 +366,14 @@ class PreparedRun:
                 shutil.rmtree(self.created, ignore_errors=True)
 
 
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class Interrupted(BaseException):
     """A signal arrived before there was a run to stop."""
 
@@ -311,6 +396,9 @@ class SignalRelay:
         self.commands = commands
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self.on_hangup = "save-exit"
+        """'detach': SIGHUP saves and the run continues in the background (tui/detach.py)."""
+        self.detach_requested = False
 
     def install(self) -> "SignalRelay":
         for sig in self.SIGNALS:
@@ -332,6 +420,10 @@ class SignalRelay:
             os.kill(os.getpid(), signum)
             return
         self.received = signum
+        if signum == getattr(signal, "SIGHUP", None) and self.on_hangup == "detach":
+            self.detach_requested = True
+            self.commands.put(Stop(reason="detached on SIGHUP (the terminal closed)", signal=signum))
+            return
         self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
 
     def attach(self, commands: Any) -> None:
@@ -355,4 +447,8 @@ def exit_code(result: Any) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m tuitrain.tui.cli` (how background runs start): run the importable module, not a
+    # second copy of it under the name __main__.
+    from tuitrain.tui.cli import main as _entry
+
+    sys.exit(_entry())

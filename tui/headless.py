@@ -147,4 +147,7 @@ def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
     trainer = run.start(relay, listeners=[HeadlessReporter()], events=ev.EventBuffer(maxlen=0))
     if isinstance(trainer, int):
         return trainer
-    return exit_code(trainer.run())
+    try:
+        return exit_code(trainer.run())
+    finally:
+        run.close()  # watchers see EOF; the socket file goes

@@ -20,6 +20,7 @@ STATUS_WORDS = {
     "early_stopped": "STOPPED",
     "interrupted": "STOPPED",
     "failed": "FAILED",
+    "died": "DIED",
 }
 
 

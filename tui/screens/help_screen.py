@@ -14,6 +14,7 @@ KEYS = [
     ("s", "save a checkpoint now (checkpoints/step-<N>.pt)"),
     ("x", "stop early: finish the step, evaluate, save; the dashboard stays open"),
     ("q", "quit (stops and saves first while training)"),
+    ("d", "detach: save, keep training in the background, return the shell (tuitrain watch RUN_DIR)"),
     ("[ / ]", "less / more smoothing of the loss curve"),
     ("y", "log scale for the loss"),
     ("b", "decision boundary on / off: the predicted class over the input (2-D presets)"),
@@ -26,10 +27,16 @@ KEYS = [
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "close", "Close", id="help-close")]
 
+    def __init__(self, keys: list[tuple[str, str]] | None = None, title: str = "tuitrain keys") -> None:
+        """`keys` replaces the dashboard's list (`tuitrain watch` has its own meanings for q and d)."""
+        super().__init__()
+        self.key_lines = KEYS if keys is None else keys
+        self.title_text = title
+
     def compose(self) -> ComposeResult:
         with Vertical(id="help"):
-            yield Static("tuitrain keys", id="help-title")
-            yield Static("\n".join(f"{key:>7}  {text}" for key, text in KEYS), id="help-keys")
+            yield Static(self.title_text, id="help-title")
+            yield Static("\n".join(f"{key:>7}  {text}" for key, text in self.key_lines), id="help-keys")
             yield Static("Esc to close", id="help-footer")
 
     def action_close(self) -> None:

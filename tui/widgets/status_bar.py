@@ -21,7 +21,8 @@ def fmt_duration(seconds: float | None) -> str:
 
 class StatusBar(TextPanel):
     COMPONENT_CLASSES = {"status-bar--title", "status-bar--clock", "status-bar--running", "status-bar--paused",
-                         "status-bar--stopped", "status-bar--finished", "status-bar--failed"}
+                         "status-bar--stopped", "status-bar--finished", "status-bar--failed",
+                         "status-bar--died"}
 
     def show(self, state: DashboardState) -> None:
         elapsed = fmt_duration(state.elapsed(time.time()))
