@@ -19,15 +19,16 @@ from hypothesis import strategies as st
 from cli_helpers import in_process
 
 from tuitrain.engine.config import AMP_DTYPES, ON_NAN, OPTIMIZERS, SCHEDULERS
-from tuitrain.tui.cli import build_parser
+from tuitrain.tui.cli import ON_HANGUP, build_parser
 
 #: flag -> the smallest valid integer
 INT_FLAGS = {"--epochs": 1, "--batch-size": 1, "--accumulate": 1, "--threads": 1, "--max-steps": 0,
              "--patience": 0, "--num-workers": 0, "--seed": 0}
 #: flag -> is zero allowed
 FLOAT_FLAGS = {"--lr": False, "--momentum": True, "--weight-decay": True, "--warmup": True, "--grad-clip": True}
-CHOICE_FLAGS = {"--optimizer": OPTIMIZERS, "--scheduler": SCHEDULERS, "--amp-dtype": AMP_DTYPES, "--on-nan": ON_NAN}
-SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--list-presets"]
+CHOICE_FLAGS = {"--optimizer": OPTIMIZERS, "--scheduler": SCHEDULERS, "--amp-dtype": AMP_DTYPES, "--on-nan": ON_NAN,
+                "--on-hangup": ON_HANGUP}
+SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--list-presets", "--detach", "--for-watchers"]
 OTHER = ["--preset", "--resume", "--run-dir", "--device"]
 
 TRIED = {"examples": 0}
@@ -122,6 +123,9 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     import tuitrain.tui.headless as headless
 
     monkeypatch.setattr(headless, "run_headless", lambda run, relay: 99)  # training would start: a failure
+    import tuitrain.tui.detach as detach
+
+    monkeypatch.setattr(detach, "start_detached", lambda *a, **k: 99)  # a background run would start
     return work
 
 

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--detach", action="store_true",
                       help="train in the background (log in RUN_DIR/output.log); print the run directory and "
                            "return; then: tuitrain watch RUN_DIR")
+    # How --detach starts its background run: headless, and computing the decision-boundary
+    # frames that a watcher shows (a plain headless run skips them).
+    what.add_argument("--for-watchers", action="store_true", help=argparse.SUPPRESS)
     what.add_argument("--on-hangup", choices=ON_HANGUP,
                       help="on SIGHUP (the terminal closed): save-exit saves and exits 129 (default); "
                            "detach saves and continues the run in the background")
@@ -145,9 +148,10 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if args.pop("list_presets", False):
         return _list_presets()
     detach = args.pop("detach", False)
+    background = args.pop("for_watchers", False)
     relay.on_hangup = args.pop("on_hangup", "save-exit")
     # Textual draws on stderr: both streams must be the terminal for a dashboard.
-    headless = args.pop("headless", False) or not (sys.stdout.isatty() and sys.stderr.isatty())
+    headless = args.pop("headless", False) or background or not (sys.stdout.isatty() and sys.stderr.isatty())
     preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
     if preset_spec is not None and resume is not None:
         raise UsageError("give either --preset or --resume, not both")
@@ -155,6 +159,7 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
 
     run = _prepare(preset_spec, resume, args)
+    run.for_watchers = background
     if detach:
         from tuitrain.tui.detach import start_detached
         return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
@@ -269,6 +274,8 @@ class PreparedRun:
         self.cfg, self.preset, self.run_dir, self.state = cfg, preset, run_dir, state
         self.created = created
         """The outermost folder this run created (None when the run directory existed)."""
+        self.for_watchers = False
+        """A background run: compute what only a watcher shows (decision-boundary frames)."""
         self.control: Any = None
         """The run's ControlServer (RUN_DIR/control.sock) while it trains; None without one."""
         self._finished = False

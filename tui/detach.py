@@ -88,7 +88,7 @@ def log_tail(run_dir: Path, lines: int = 20) -> str:
 def background_args(argv: Sequence[str], run_dir: Path, *, resuming_dir: bool) -> list[str]:
     """The command line for the background run: ours without --detach, headless, with its run directory."""
     args = [a for a in argv if not _is_detach_flag(a)]
-    args.append("--headless")
+    args.append("--for-watchers")  # headless, plus what watchers show (cli.py)
     if not resuming_dir and not any(a == "--run-dir" or a.startswith("--run-dir=") for a in args):
         args += ["--run-dir", str(run_dir)]
     return args
@@ -124,7 +124,7 @@ def continue_in_background(run_dir: Path, *, to_terminal: bool) -> int:
     The message goes to the terminal when there is one, and always to the
     run's output.log (after SIGHUP nobody is left to read the terminal).
     """
-    proc = spawn(["--resume", str(run_dir), "--headless"], run_dir)
+    proc = spawn(["--resume", str(run_dir), "--for-watchers"], run_dir)
     started = wait_started(proc, run_dir)
     if started.state == "exited":
         message = (f"tuitrain: could not continue in the background (status {started.returncode}); "

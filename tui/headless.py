@@ -144,7 +144,8 @@ def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
 
     # The reporter hears every event as a listener; nobody reads the EventBuffer here, so it keeps
     # nothing (a full one holds 10,000 events: over a GB of step batches in a long fast run).
-    trainer = run.start(relay, listeners=[HeadlessReporter()], events=ev.EventBuffer(maxlen=0))
+    trainer = run.start(relay, listeners=[HeadlessReporter()], events=ev.EventBuffer(maxlen=0),
+                        boundary=run.for_watchers)
     if isinstance(trainer, int):
         return trainer
     try:

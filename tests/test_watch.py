@@ -1,0 +1,254 @@
+"""`tuitrain watch`: the dashboard on a run in another process, steered over its control socket.
+
+Real processes, a real socket and a real run directory: a run started with
+`--detach`, watched by the real app in watch mode (App.run_test + Pilot),
+and asserted on what the engine wrote (metrics.jsonl, checkpoint files,
+summary.json). Every wait polls a condition with a deadline. A background
+run is killed in a `finally`, so none outlives its test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from cli_helpers import TUITRAIN, cli_env, in_process, tuitrain
+from dashboard_helpers import (SIZE, FakeSampler, event_names, events_named, log_text, run_async, status_text,
+                               step_records, until, wait_event)
+from tuitrain.engine.control import pid_alive, read_pid
+from tuitrain.engine.rundir import step_losses
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Unix sockets, SO_PEERCRED")]
+
+#: Starting a background run (interpreter, torch import, data) takes seconds on a busy machine.
+START = 90.0
+DEADLINE = 30.0
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll `predicate` until it is truthy (outside the app's event loop)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)  # wait-ok: poll interval inside a condition wait with a deadline
+
+
+def last_step(run_dir: Path) -> int:
+    steps = step_records(run_dir)
+    return steps[-1]["step"] if steps else 0
+
+
+def detach(run_dir: Path, cwd: Path, *extra: str) -> int:
+    """`tuitrain --preset circles --detach ...`: returns the background run's pid once it serves."""
+    p = tuitrain("--preset", "circles", "--detach", "--run-dir", run_dir, *extra, cwd=cwd, timeout=START)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == str(run_dir)
+    assert f"tuitrain watch {run_dir}" in p.stdout
+    info = read_pid(run_dir)
+    assert info is not None and pid_alive(info["pid"])
+    return int(info["pid"])
+
+
+def kill(pid: int | None) -> None:
+    """Cleanup: end a background run that a failing test left behind."""
+    if pid is not None and pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def watcher(run_dir: Path) -> Any:
+    from tuitrain.tui.remote_run import RemoteRun
+    from tuitrain.tui.watch import WatchApp
+
+    return WatchApp(RemoteRun(run_dir), sampler=FakeSampler())
+
+
+def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
+    R = tmp_path / "R"
+    pid = None
+    try:
+        pid = detach(R, tmp_path, "--epochs", "100000")
+        assert (R / "output.log").exists()
+        assert Path(f"/proc/{pid}/stat").read_text().split()[5] != str(os.getsid(0))  # its own session
+
+        async def first_watcher() -> None:
+            app = watcher(R)
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.remote.steerable and app.state.step > 0, "the live history")
+                assert "watching the live run" in log_text(app)
+                await pilot.press("p")
+                await wait_event(pilot, R, "paused")
+                await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED on the watcher")
+                await pilot.press("l")
+                await pilot.press(*"0.003")
+                await pilot.press("enter")
+                change = (await wait_event(pilot, R, "lr_changed"))[0]
+                assert change["new_lr"] == 0.003
+                await pilot.press("s")
+                saved = (await wait_event(pilot, R, "checkpoint", where=lambda r: r["reason"] == "manual"))[0]
+                assert (R / "checkpoints" / f"step-{saved['step']}.pt").is_file()
+                await until(pilot, lambda: f"step-{saved['step']}.pt" in log_text(app), "the save in the log")
+                await pilot.press("p")
+                await wait_event(pilot, R, "resumed")
+                await pilot.press("q")  # detach the watcher: the run goes on
+                await until(pilot, lambda: not app.is_running, "the watcher to exit")
+            assert app.return_code == 0
+
+        run_async(first_watcher)
+        assert "stopped" not in event_names(R)
+        at_detach = last_step(R)
+        wait_for(lambda: last_step(R) > at_detach + 200, "the run to keep training after q")
+        assert pid_alive(pid)
+
+        async def second_watcher() -> None:
+            app = watcher(R)
+            async with app.run_test(size=SIZE) as pilot:
+                await until(pilot, lambda: app.remote.steerable and app.remote.history_loaded.is_set(),
+                            "the second watcher to catch up")
+                marks = {kind for _, kind, _ in app.state.marks.in_range(0, 10 ** 9)}
+                assert {"pause", "lr", "checkpoint"} <= marks  # the first watcher's interventions, from the file
+                await pilot.press("x")
+                await until(pilot, lambda: app.state.status == "STOPPED", "STOPPED", timeout=DEADLINE)
+                await until(pilot, lambda: not app.remote.steerable, "steering off after the end")
+                assert app.check_action("toggle_pause", ()) is None  # greyed out
+                losses = step_losses(R / "metrics.jsonl")
+                assert len(app.state.loss) == len(losses)
+                assert app.state.loss.last_step == max(losses) == app.state.step
+                await pilot.press("q")
+                await until(pilot, lambda: not app.is_running, "the watcher to exit")
+            assert app.return_code == 0
+
+        run_async(second_watcher)
+        wait_for(lambda: not pid_alive(pid), "the background run's process to exit")
+        summary = json.loads((R / "summary.json").read_text())
+        assert summary["status"] == "stopped" and summary["reason"] == "stopped from tuitrain watch"
+        assert not (R / "control.sock").exists()
+        names = event_names(R)
+        assert names.index("paused") < names.index("lr_changed") < names.index("resumed") < names.index("stopped")
+    finally:
+        kill(pid)
+
+
+CLIENT = textwrap.dedent("""
+    import sys, time
+    from tuitrain.engine.control import ControlClient
+    client = ControlClient.connect(sys.argv[1])
+    print("connected", flush=True)
+    while True:  # read everything the run sends, as a watcher does
+        client.poll()
+        time.sleep(0.01)
+""")
+
+
+def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -> None:
+    R = tmp_path / "R"
+    pid = None
+    client = None
+    try:
+        pid = detach(R, tmp_path, "--epochs", "60")
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, str(R)], stdout=subprocess.PIPE, text=True,
+                                  env=cli_env(), stdin=subprocess.DEVNULL)
+        assert client.stdout.readline().strip() == "connected"
+        before = last_step(R)
+        wait_for(lambda: last_step(R) > before + 100, "steps while the watcher reads")
+        client.kill()  # SIGKILL: no goodbye on the socket
+        client.wait(10)
+        killed_at = last_step(R)
+        wait_for(lambda: last_step(R) > killed_at + 100, "steps after the watcher died")
+        wait_for(lambda: not pid_alive(pid), "the run to finish", timeout=120)
+        summary = json.loads((R / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert summary["steps"] == 60 * 125 == last_step(R)
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+        kill(pid)
+
+
+def test_watching_a_finished_run_is_a_read_only_replay(tmp_path: Path) -> None:
+    R = tmp_path / "R"
+    p = tuitrain("--preset", "circles", "--epochs", "3", "--headless", "--run-dir", R, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+
+    async def body() -> None:
+        app = watcher(R)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.status == "FINISHED", "FINISHED")
+            assert "FINISHED" in status_text(app)
+            assert not app.remote.steerable
+            for action in ("toggle_pause", "set_lr", "save", "stop"):
+                assert app.check_action(action, ()) is None, action
+            assert app.check_action("quit_run", ()) is True
+            assert len(app.state.loss) == 3 * 125 and app.state.loss.last_step == 375
+            assert len(app.state.val_loss.points()) == 3
+            assert "replaying it read-only" in log_text(app)
+            await pilot.press("p")  # greyed out: nothing is sent, nothing changes
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running, "the watcher to exit")
+        assert app.return_code == 0
+
+    before = (R / "metrics.jsonl").read_bytes()
+    run_async(body)
+    assert (R / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_run_whose_process_died_is_shown_as_died(tmp_path: Path) -> None:
+    R = tmp_path / "R"
+    pid = None
+    try:
+        pid = detach(R, tmp_path, "--epochs", "100000")
+        wait_for(lambda: last_step(R) > 300, "some steps")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(pid), "the run's process to die")
+    finally:
+        kill(pid)
+    died_at = last_step(R)
+
+    async def body() -> None:
+        app = watcher(R)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.status == "DIED", "DIED")
+            assert f"the run's process died at step {died_at:,} without a summary" in log_text(app)
+            assert app.check_action("toggle_pause", ()) is None
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running, "the watcher to exit")
+
+    run_async(body)
+    assert in_process("runs", tmp_path)[1].splitlines()[1].split()[2] == "died"
+
+
+def test_watch_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = in_process("watch", "nope")
+    assert rc == 2 and err.strip() == "tuitrain: error: no such run directory: nope"
+    rc, out, err = in_process("watch")
+    assert rc == 2 and "no runs under ./runs" in err and len(err.splitlines()) == 1
+    (tmp_path / "plain").mkdir()
+    rc, out, err = in_process("watch", "plain")
+    assert rc == 2 and "not a run directory" in err
+    rc, out, err = in_process("watch", "--bogus")
+    assert rc == 2 and len(err.splitlines()) == 1
+
+
+def test_watch_without_arguments_picks_the_most_recent_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuitrain.tui.watch import pick_runs
+
+    monkeypatch.chdir(tmp_path)
+    for name, started in (("circles-a", 100.0), ("circles-b", 300.0), ("circles-c", 200.0)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text("{}")
+        (run / "run.pid").write_text(json.dumps({"pid": 1, "started": started}))
+    assert pick_runs([]) == [Path("runs") / "circles-b"]

@@ -1,0 +1,331 @@
+"""A run in another process, shaped like the Trainer the dashboard drives.
+
+TuitrainApp needs three things from its trainer: `run()` (called in a thread
+worker), `commands.put(cmd)` and `events.drain()`. RemoteRun gives it those
+for a run directory:
+
+- run() reads metrics.jsonl from the start (the history), a chunk at a
+  time so the first frame comes quickly even for a million steps, then
+  follows the file as the run writes it (the engine flushes ~4 times a
+  second), until the RunEnded record, or until the watcher closes;
+- commands go over the run's control socket (engine/control.py), and the
+  engine answers them in metrics.jsonl exactly as for its own dashboard;
+- the live-only events (LR schedule previews, boundary frames taken mid-epoch)
+  come over the socket too.
+
+The file, not the socket, carries the history: the run never waits for a
+watcher, and any number of watchers see the same state. A run whose process
+died without a summary, or a finished run, is shown from the file alone,
+read-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tuitrain.engine import events as ev
+from tuitrain.engine.commands import Command
+from tuitrain.tui.state import LogLine
+
+#: Seconds between looks at the file and the socket once the history is read (the UI drains at 4 Hz).
+POLL_INTERVAL = 0.25
+#: Events waiting for the UI before the reader pauses (keeps memory bounded while a long history loads).
+BACKLOG = 64
+#: After the socket closed, how long the RunEnded record may take to reach the file before we
+#: conclude the process died.
+END_GRACE = 3.0
+#: How often a run we cannot reach by socket is checked for a dead process.
+STATE_INTERVAL = 1.0
+
+END_STATUSES = ("finished", "stopped", "early_stopped", "interrupted", "failed")
+
+
+class _Inbox:
+    """The events for the UI: unbounded (history must not be dropped), filled with backpressure."""
+
+    def __init__(self) -> None:
+        self._events: deque[ev.Event] = deque()
+
+    def put_all(self, events: list[ev.Event]) -> None:
+        self._events.extend(events)
+
+    def drain(self) -> list[ev.Event]:
+        out: list[ev.Event] = []
+        pop = self._events.popleft
+        try:
+            while True:
+                out.append(pop())
+        except IndexError:
+            return out
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
+class _RemoteCommands:
+    """commands.put() for the app: sends over the control socket, or says why it cannot."""
+
+    def __init__(self, remote: "RemoteRun") -> None:
+        self._remote = remote
+
+    def put(self, command: Command) -> None:
+        self._remote.send(command)
+
+
+class RemoteRun:
+    """Watch (and, when it is live and ours, steer) the run in `run_dir`."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], *, poll_interval: float = POLL_INTERVAL,
+                 chunk_bytes: int = 1 << 20) -> None:
+        self.run_dir = Path(run_dir)
+        self.poll_interval = poll_interval
+        self.chunk_bytes = chunk_bytes
+        self.events = _Inbox()
+        self.commands = _RemoteCommands(self)
+        self.notes: deque[LogLine] = deque(maxlen=200)
+        """Lines for the event log from the watcher itself (connected, read-only, died ...)."""
+        self.client: Any = None
+        self.state = "unknown"
+        """run_state() when the watcher started: 'live', a summary status, 'died' or 'unknown'."""
+        self.ended = False
+        self.last_step = 0
+        self.history_loaded = threading.Event()
+        """Set once the reader has caught up with the file for the first time."""
+        self._stop = threading.Event()
+        self._rates = _Rates()
+
+    # -- what the app reads --------------------------------------------------------------
+    @property
+    def steerable(self) -> bool:
+        """Commands can reach the run: it is live, it is ours, and the connection is open."""
+        client = self.client
+        return client is not None and not client.closed and not self.ended
+
+    def note(self, level: str, text: str) -> None:
+        self.notes.append(LogLine(time.time(), level, text))
+
+    def send(self, command: Command) -> None:
+        from tuitrain.engine.control import ControlError
+
+        client = self.client
+        if client is None or client.closed:
+            self.note("warning", f"{command.name} not sent: the run cannot be steered from here (read-only)")
+            return
+        try:
+            client.send(command)
+        except ControlError as exc:
+            self.note("warning", f"{command.name} not sent: {exc}")
+
+    def close(self) -> None:
+        """Stop following (the watcher quits); the run itself goes on."""
+        self._stop.set()
+
+    # -- the worker ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Load the history, then follow the run until it ends or close() is called."""
+        try:
+            self._connect()
+            self._follow(ChunkedFollower(self.run_dir / "metrics.jsonl", self.chunk_bytes))
+        finally:
+            client, self.client = self.client, None
+            if client is not None:
+                client.close()
+
+    def _connect(self) -> None:
+        from tuitrain.engine.control import ControlClient, ControlError, NotOwner, run_state
+
+        self.state = run_state(self.run_dir)
+        if self.state != "live":
+            if self.state in END_STATUSES:
+                self.note("info", f"{self.run_dir}: the run is over ({self.state}); replaying it read-only")
+            return
+        try:
+            self.client = ControlClient.connect(self.run_dir)
+        except NotOwner:
+            self.note("warning", f"{self.run_dir} belongs to another user: watching read-only")
+            return
+        except ControlError as exc:
+            self.note("warning", f"cannot steer this run: {exc}; watching read-only")
+            return
+        pid = self.client.hello.get("pid")
+        self.note("info", f"watching the live run in {self.run_dir} (pid {pid}); "
+                          "q detaches this watcher and the run keeps training, x stops the run")
+
+    def _follow(self, follower: Any) -> None:
+        quiet_since: float | None = None
+        last_state_check = time.monotonic()
+        while not self._stop.is_set():
+            records = follower.read_new()
+            events = self._rates.fill(_decode(records)) if records else []
+            live = self._poll_live()
+            self._push(events + live)
+            if self.ended or self._stop.is_set():
+                return
+            if records:
+                quiet_since = None
+                continue  # more history may be waiting: read on without sleeping
+            self.history_loaded.set()
+            now = time.monotonic()
+            if quiet_since is None:
+                quiet_since = now
+            if self._should_check(now, last_state_check):
+                last_state_check = now
+                if self._gone(now - quiet_since):
+                    return
+            self._stop.wait(self.poll_interval)
+
+    def _should_check(self, now: float, last: float) -> bool:
+        """Is it time to ask whether the run is still there?"""
+        client = self.client
+        if client is not None and not client.closed:
+            return False  # connected: EOF on the socket will tell us
+        return now - last >= STATE_INTERVAL or self.state != "live"
+
+    def _gone(self, quiet: float) -> bool:
+        """The run is not live and the file says nothing more: end the replay (True) or keep following."""
+        from tuitrain.engine.control import run_state
+
+        state = run_state(self.run_dir)
+        if state == "live":
+            return False
+        if state == "unknown" and self.state == "unknown":
+            return False  # no socket, no pid, no summary: an older run still writing, perhaps
+        if self.state == "live" and quiet < END_GRACE:
+            return False  # the run just ended: give its last records a moment to reach the file
+        summary = _read_json(self.run_dir / "summary.json")
+        if state in END_STATUSES and isinstance(summary, dict):
+            self.note("info", f"the run ended ({state}) without its final record in metrics.jsonl; "
+                              "showing its summary")
+            end = ev.RunEnded(int(summary.get("steps") or self.last_step), time.time(), status=state,
+                              summary=summary)
+        else:
+            reason = f"the run's process died at step {self.last_step:,} without a summary"
+            self.note("error", reason + f" (see {self.run_dir / 'output.log'}; "
+                                        f"tuitrain --resume {self.run_dir} continues from its last checkpoint)")
+            end = ev.RunEnded(self.last_step, time.time(), status="died",
+                              summary={"reason": reason, "steps": self.last_step, "steps_per_sec": 0})
+        self._push([end])
+        return True
+
+    def _poll_live(self) -> list[ev.Event]:
+        client = self.client
+        if client is None:
+            return []
+        out: list[ev.Event] = []
+        for message in client.poll():
+            kind = message.get("kind")
+            if kind == "live" and isinstance(message.get("event"), dict):
+                out.extend(_decode([message["event"]]))
+            elif kind == "error":
+                self.note("warning", f"the run refused a command: {message.get('error')}")
+        return out
+
+    def _push(self, events: list[ev.Event]) -> None:
+        """Hand events to the UI; wait (bounded by close()) while it has too many unread."""
+        if not events:
+            return
+        for event in events:
+            if isinstance(event, ev.RunEnded):
+                self.ended = True
+            if event.step > self.last_step and not isinstance(event, ev.RunEnded):
+                self.last_step = event.step
+        self.events.put_all(events)
+        while len(self.events) > BACKLOG and not self._stop.is_set():
+            self._stop.wait(0.02)  # wait-ok: backpressure while the UI catches up (woken by close())
+
+
+class ChunkedFollower:
+    """Tails metrics.jsonl like engine/replay.py's MetricsFollower, at most `chunk` bytes a call.
+
+    A million-step history is ~100 MB: read whole, the first frame would wait
+    seconds for the last line. A chunk at a time, the plots fill in while the
+    rest loads, and memory holds one chunk of records at a time.
+    """
+
+    def __init__(self, path: Path, chunk: int = 1 << 20) -> None:
+        self.path = path
+        self.chunk = chunk
+        self.offset = 0
+        self._ino: int | None = None
+
+    def read_new(self) -> list[dict[str, Any]]:
+        from tuitrain.engine.replay import parse_lines
+
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            return []
+        with f:
+            st = os.fstat(f.fileno())
+            if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
+                self.offset = 0  # a new file
+            self._ino = st.st_ino
+            if st.st_size == self.offset:
+                return []
+            f.seek(self.offset)
+            data = f.read(self.chunk)
+            cut = data.rfind(b"\n")
+            while cut < 0 and len(data) < st.st_size - self.offset:  # one line longer than a chunk
+                more = f.read(self.chunk)
+                if not more:
+                    break
+                data += more
+                cut = data.rfind(b"\n")
+            if cut < 0:
+                return []  # a line still being written
+            self.offset += cut + 1
+            return parse_lines(data[:cut + 1])
+
+
+class _Rates:
+    """Steps/s and samples/s across read_new() calls.
+
+    events_from_records derives a flush's rate from the previous flush in the
+    same call; following the file, a call often holds one flush, so its rate
+    would read 0. This carries the previous flush's time over.
+    """
+
+    def __init__(self) -> None:
+        self.prev_t: float | None = None
+        self.paused = 0.0
+        self.batch = 1
+
+    def fill(self, events: list[ev.Event]) -> list[ev.Event]:
+        out = []
+        for e in events:
+            if isinstance(e, ev.RunStarted):
+                config = e.config if isinstance(e.config, dict) else {}
+                self.batch = int(config.get("batch_size") or 1) * int(config.get("accumulate") or 1)
+                self.prev_t, self.paused = e.t, 0.0
+            elif isinstance(e, ev.Resumed):
+                self.paused += float(e.paused_seconds or 0.0)
+            elif isinstance(e, ev.StepStats):
+                if e.steps_per_sec <= 0 and self.prev_t is not None:
+                    elapsed = e.t - self.prev_t - self.paused
+                    if elapsed > 0:
+                        rate = len(e.steps) / elapsed
+                        e = dataclasses.replace(e, steps_per_sec=rate, samples_per_sec=rate * self.batch)
+                self.prev_t, self.paused = e.t, 0.0
+            out.append(e)
+        return out
+
+
+def _decode(records: list[dict[str, Any]]) -> list[ev.Event]:
+    from tuitrain.engine.replay import events_from_records
+
+    return events_from_records(records)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
