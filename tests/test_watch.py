@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pytest
 
 from cli_helpers import TUITRAIN, cli_env, in_process, tuitrain
-from dashboard_helpers import (SIZE, FakeSampler, event_names, events_named, log_text, run_async, status_text,
+from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
                                step_records, until, wait_event)
 from tuitrain.engine.control import pid_alive, read_pid
 from tuitrain.engine.rundir import step_losses
@@ -252,3 +252,38 @@ def test_watch_without_arguments_picks_the_most_recent_run(tmp_path: Path, monke
         (run / "config.json").write_text("{}")
         (run / "run.pid").write_text(json.dumps({"pid": 1, "started": started}))
     assert pick_runs([]) == [Path("runs") / "circles-b"]
+
+
+def test_watching_two_runs_overlays_them_read_only(tmp_path: Path) -> None:
+    runs = {}
+    for name, lr in (("slow-lr", "0.001"), ("fast-lr", "0.03")):
+        runs[name] = tmp_path / name
+        p = tuitrain("--preset", "circles", "--epochs", "2", "--lr", lr, "--headless", "--run-dir", runs[name],
+                     cwd=tmp_path)
+        assert p.returncode == 0, p.stderr
+
+    async def body() -> None:
+        from tuitrain.tui.remote_run import RemoteRun
+        from tuitrain.tui.watch import WatchApp
+        from tuitrain.tui.widgets.loss_plot import LossPlot
+        from tuitrain.tui.widgets.metric_plot import MetricPlot
+
+        app = WatchApp(RemoteRun(runs["slow-lr"]), others=[RemoteRun(runs["fast-lr"])], sampler=FakeSampler())
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.state.status == "FINISHED" and app.other_states[0].status == "FINISHED",
+                        "both runs replayed")
+            assert [label for label, _ in app.overlays()] == ["slow-lr", "fast-lr"]
+            assert len(app.other_states[0].loss) == len(app.state.loss) == 250
+            for action in ("toggle_pause", "set_lr", "save", "stop"):
+                assert app.check_action(action, ()) is None, action
+            # The second run appears only in the two legends (the other panels show the first run).
+            await until(pilot, lambda: app.export_screenshot().count("fast-lr") >= 2, "both legends drawn")
+            assert app.query_one(LossPlot).drawn_width and app.query_one(MetricPlot).drawn_width
+            await pilot.press("question_mark")
+            await until(pilot, lambda: "several runs are compared" in screen_text(app.screen), "the help")
+            assert "q" in screen_text(app.screen) and "the run keeps training" in screen_text(app.screen)
+            await pilot.press("escape")
+            await pilot.press("q")
+            await until(pilot, lambda: not app.is_running, "the watcher to exit")
+
+    run_async(body)

@@ -227,9 +227,10 @@ class TuitrainApp(App[int]):
     def _replot(self, now: float, *, force: bool = False) -> None:
         state, dirty = self.state, self._plots_dirty
         if "loss" in dirty:
-            self.query_one(LossPlot).replot(state, smoothing=self.smoothing, log_scale=self.log_scale)
+            self.query_one(LossPlot).replot(state, smoothing=self.smoothing, log_scale=self.log_scale,
+                                            overlays=self.overlays())
         if "metric" in dirty:
-            self.query_one(MetricPlot).replot(state)
+            self.query_one(MetricPlot).replot(state, overlays=self.overlays())
         # The LR curve moves slowly; redraw it at once only when the plan changed.
         lr_due = "plan" in dirty or now - self._last_lr_plot >= LR_PLOT_INTERVAL or force
         if "lr" in dirty and lr_due or "plan" in dirty:
@@ -244,6 +245,10 @@ class TuitrainApp(App[int]):
             self.query_one(GradNormPlot).replot(state, clip=self._grad_clip())
             dirty.discard("grad")
         self._plots_dirty = dirty & {"lr", "boundary", "grad"}
+
+    def overlays(self) -> list[tuple[str, DashboardState]]:
+        """Runs drawn together on the loss and metric plots (`tuitrain watch a b`); none here."""
+        return []
 
     @property
     def _boundary_visible(self) -> bool:

@@ -138,10 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str], relay: "SignalRelay") -> int:
-    if argv and argv[0] == "watch":
-        from tuitrain.tui.watch import main as watch_main
-        return watch_main(argv[1:])
-    if argv and argv[0] == "runs":
+    if argv and argv[0] in ("watch", "runs"):
+        relay.restore()  # nothing to save here: a signal ends a watcher or a listing the usual way
+        if argv[0] == "watch":
+            from tuitrain.tui.watch import main as watch_main
+            return watch_main(argv[1:])
         from tuitrain.tui.runs_table import main as runs_main
         return runs_main(argv[1:])
     args = vars(build_parser().parse_args(argv))

@@ -36,10 +36,12 @@ from tuitrain.tui.state import LogLine
 #: Seconds between looks at the file and the socket once the history is read (the UI drains at 4 Hz).
 POLL_INTERVAL = 0.25
 #: Events waiting for the UI before the reader pauses (keeps memory bounded while a long history loads).
-BACKLOG = 64
+BACKLOG = 10_000
 #: After the socket closed, how long the RunEnded record may take to reach the file before we
 #: conclude the process died.
 END_GRACE = 3.0
+#: The longest the reader waits for the app to paint its first chunk of history.
+FIRST_FRAME_WAIT = 2.0
 #: How often a run we cannot reach by socket is checked for a dead process.
 STATE_INTERVAL = 1.0
 
@@ -97,6 +99,9 @@ class RemoteRun:
         self.last_step = 0
         self.history_loaded = threading.Event()
         """Set once the reader has caught up with the file for the first time."""
+        self.first_frame = threading.Event()
+        """Set by the app once it has painted the first steps: until then the reader waits after its
+        first chunk, so that the frame is not slowed by parsing the rest (the GIL is shared)."""
         self._stop = threading.Event()
         self._rates = _Rates()
 
@@ -167,6 +172,8 @@ class RemoteRun:
             self._push(events + live)
             if self.ended or self._stop.is_set():
                 return
+            if not self.first_frame.is_set() and any(isinstance(e, ev.StepStats) for e in events):
+                self.first_frame.wait(FIRST_FRAME_WAIT)
             if records:
                 quiet_since = None
                 continue  # more history may be waiting: read on without sleeping

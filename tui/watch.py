@@ -69,6 +69,10 @@ class WatchApp(TuitrainApp):
     # -- the remote runs ---------------------------------------------------------------------
     def on_mount(self) -> None:
         super().on_mount()
+        if self.compare:
+            names = ", ".join(label for label, _ in self.overlays())
+            self.remote.note("info", f"comparing {names} on the loss and metric plots (one colour each); the other "
+                                     f"panels show {self.remote.run_dir.name}; steering is off while comparing")
         for index, other in enumerate(self.others):
             self.run_worker(other.run, thread=True, exit_on_error=False, group="others", name=f"other-{index}")
 
@@ -87,6 +91,8 @@ class WatchApp(TuitrainApp):
                 other_state.dirty = set()
                 other_state.log.clear()
         super().drain()
+        if not self.remote.first_frame.is_set() and len(state.loss):
+            self.call_after_refresh(self.remote.first_frame.set)  # painted: the reader may go full speed
         steerable = self.steerable
         if steerable != self._steerable:
             self._steerable = steerable

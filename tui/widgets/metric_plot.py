@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from tuitrain.tui.state import DashboardState
-from tuitrain.tui.widgets.plot_base import TrainPlot, finite_pairs
+from tuitrain.tui.widgets.plot_base import RUN_COMPONENTS, TrainPlot, finite_pairs
 
 
 class MetricPlot(TrainPlot):
-    COMPONENT_CLASSES = {"metric-plot--train", "metric-plot--val"}
+    COMPONENT_CLASSES = {"metric-plot--train", "metric-plot--val", *RUN_COMPONENTS}
 
-    def replot(self, state: DashboardState) -> None:
+    def replot(self, state: DashboardState, overlays: Sequence[tuple[str, DashboardState]] = ()) -> None:
+        """`overlays` (`tuitrain watch a b`): each run's validation metric in its own colour."""
         name = "accuracy" if state.metric == "acc" else state.metric
-        self.start(f"{name} per epoch")
+        self.start(f"{name} per epoch" + (" (val)" if overlays else ""))
         plt = self.plt
+        if overlays:
+            epochs = []
+            for index, (label, run) in enumerate(overlays):
+                points = run.val_metric.points()
+                x, y = finite_pairs([p[0] for p in points], [p[2] for p in points])
+                if x:
+                    plt.plot(x, y, color=self.colour(RUN_COMPONENTS[index % len(RUN_COMPONENTS)]), marker="dot",
+                             label=label)
+                    epochs += [x[0], x[-1]]
+            if epochs:
+                self.integer_xticks(min(epochs), max(epochs), count=min(5, max(epochs) - min(epochs) + 1))
+            else:
+                plt.title(f"{name}: after the first epoch")
+            plt.xlabel("epoch")
+            self.finish()
+            return
         for series, label, component in ((state.train_metric, "train", "metric-plot--train"),
                                          (state.val_metric, "val", "metric-plot--val")):
             points = series.points()

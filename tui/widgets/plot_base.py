@@ -13,6 +13,10 @@ from typing import Iterable
 from textual_plotext import PlotextPlot
 
 
+#: One colour per run when `tuitrain watch a b` overlays runs (colours in app.tcss).
+RUN_COMPONENTS = ("plot--run-0", "plot--run-1", "plot--run-2", "plot--run-3", "plot--run-4", "plot--run-5")
+
+
 class TrainPlot(PlotextPlot):
     """A PlotextPlot with colours from tcss and helpers for thinned series."""
 
