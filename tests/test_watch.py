@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -113,7 +114,19 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
         assert pid_alive(pid)
 
         async def second_watcher() -> None:
+            from tuitrain.tui.remote_run import RemoteRun
+            from tuitrain.tui.state import DashboardState
+
             app = watcher(R)
+            # A third watcher at the same time, without a UI: it must end up with the same state.
+            third, third_state = RemoteRun(R), DashboardState()
+            reader = threading.Thread(target=third.run, daemon=True)
+            reader.start()
+
+            def third_caught_up() -> bool:
+                third_state.apply_all(third.events.drain())
+                return third_state.status == "STOPPED"
+
             async with app.run_test(size=SIZE) as pilot:
                 await until(pilot, lambda: app.remote.steerable and app.remote.history_loaded.is_set(),
                             "the second watcher to catch up")
@@ -126,6 +139,12 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
                 losses = step_losses(R / "metrics.jsonl")
                 assert len(app.state.loss) == len(losses)
                 assert app.state.loss.last_step == max(losses) == app.state.step
+                await until(pilot, third_caught_up, "the third watcher to see the stop")
+                assert len(third_state.loss) == len(app.state.loss)
+                assert third_state.marks.in_range(0, 10 ** 9) == app.state.marks.in_range(0, 10 ** 9)
+                assert third_state.lr == app.state.lr == 0.003
+                reader.join(10)
+                assert not reader.is_alive()
                 await pilot.press("q")
                 await until(pilot, lambda: not app.is_running, "the watcher to exit")
             assert app.return_code == 0
