@@ -583,7 +583,7 @@ def test_pid_helpers(tmp_path: Path):
 
 
 def test_control_imports_neither_torch_nor_ui():
-    code = ("import sys; import tuitrain.engine.control; "
+    code = ("import sys; import tuitrain.engine.control, tuitrain.engine.replay; "
             "bad = [m for m in ('torch', 'textual', 'rich') if m in sys.modules]; assert not bad, bad")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
