@@ -5,8 +5,14 @@ metrics.jsonl is the source of truth for everything a run persists (DESIGN.md).
 emitted, so `DashboardState.apply_all(events_from_records(records))` rebuilds
 what a live viewer saw (without the live-only events: the schedule preview and
 mid-epoch boundary frames, which `tuitrain watch` gets from the control
-socket). `MetricsFollower` tails the file: each `read_new()` costs what was
-appended since the last one.
+socket). `MetricsFollower` tails the file: each read costs what was appended
+since the last one. A watcher should use `MetricsFollower.read_events()`: it
+decodes with the follower's own `RecordDecoder` (state such as the batch size
+and the time of the last flush carries over from one read to the next) and
+parses step lines on a fast path, without a dict per line (a 1,000,000-step,
+130 MB file: about 2 s of CPU on a slow shared core, against about 3.3 s via
+`events_from_records(read_new())`). Lines that are not exactly as
+StepStats.records() writes them fall back to the JSON path.
 
 Decoding rules
 - consecutive "step" records with the same "t" and epoch and consecutive steps
