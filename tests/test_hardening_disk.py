@@ -190,7 +190,11 @@ def chattr_ok(tmp_path: Path) -> None:
 
 
 def immutable(paths: list[Path], on: bool) -> None:
-    subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], check=True, capture_output=True)
+    """chattr each path; a temp file the run renamed away since it was listed is fine."""
+    for path in paths:
+        p = subprocess.run(["chattr", "+i" if on else "-i", str(path)], capture_output=True, text=True)
+        if p.returncode != 0 and path.exists():
+            raise AssertionError(f"chattr failed on {path}: {p.stderr.strip()}")
 
 
 def test_run_dir_turns_read_only_mid_run_headless(tmp_path: Path, chattr_ok: None) -> None:
