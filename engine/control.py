@@ -371,6 +371,7 @@ class ControlServer:
         to every client's `dropped` line too."""
         self._dropped_seen = 0
         self._outbox: deque[Event] = deque(maxlen=self.queue_size)
+        self._latest: dict[type, Event] = {}
         self._clients: tuple[_Client, ...] = ()  # replaced, never mutated: the trainer thread reads it
         self._listen: socket.socket | None = None
         self._wake_r: socket.socket | None = None
@@ -471,10 +472,12 @@ class ControlServer:
     # -- the trainer thread ------------------------------------------------------------------
     def listener(self, event: Event) -> None:
         """Trainer listener: hand a live-only event to the I/O thread. O(1), never blocks."""
-        if not self._clients:
-            return
         kind = type(event)
         if kind not in LIVE_ONLY_TYPES and not (kind is BoundaryGrid and not event.epoch_end):  # type: ignore[attr-defined]
+            return
+        # The newest of each kind, for watchers that connect later (one reference, no copy).
+        self._latest[kind] = event
+        if not self._clients:
             return
         outbox = self._outbox
         if len(outbox) == outbox.maxlen:
@@ -588,6 +591,12 @@ class ControlServer:
             client = _Client(sock, self.queue_size)
             client.out = _line({"kind": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
                                 "run_dir": str(self.run_dir)})
+            # A late watcher still gets the planned LR curve and the current boundary frame.
+            for event in list(self._latest.values()):
+                try:
+                    client.queue.append(b'{"kind":"live","event":' + event.to_json().encode("utf-8") + b"}\n")
+                except (TypeError, ValueError):
+                    continue
             self._clients = self._clients + (client,)
 
     def _owner_uid(self) -> int:

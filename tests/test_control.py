@@ -185,6 +185,18 @@ def test_only_live_only_events_are_forwarded_to_every_client(served):
         client.close()
 
 
+def test_a_watcher_that_connects_later_gets_the_latest_schedule_and_boundary_frame(served):
+    server, _, run_dir = served
+    server.listener(schedule(multiplier=1.0))  # before anyone watches
+    server.listener(schedule(multiplier=0.5))
+    server.listener(grid(epoch_end=False))
+    late = ControlClient.connect(run_dir)
+    seen = collect(late, lambda m: m.get("event", {}).get("event") == "boundary", what="the grid")
+    assert [m["event"]["event"] for m in seen] == ["schedule", "boundary"]
+    assert seen[0]["event"]["multiplier"] == 0.5  # only the newest of each kind
+    late.close()
+
+
 def test_a_slow_reader_gets_a_dropped_count_and_everything_adds_up(tmp_path: Path):
     server = ControlServer(tmp_path / "run", CommandQueue(), queue_size=8, stall_timeout=60)
     server.start()
