@@ -8,6 +8,7 @@ the engine's answers prove a refused value never reached the run.
 from __future__ import annotations
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def _inputs(n: int, seed: int) -> list[str]:
 
 def test_generated_lr_input_in_the_live_dialog_only_valid_values_reach_the_run(tmp_path: Path) -> None:
     R = tmp_path / "run"
-    texts = _inputs(40, seed=5)
+    texts = _inputs(40 if os.environ.get("TUITRAIN_SLOW") else 16, seed=5)  # CI time; 40 with TUITRAIN_SLOW=1
     accepted: list[float] = []
 
     async def body() -> None:
@@ -80,5 +81,5 @@ def test_generated_lr_input_in_the_live_dialog_only_valid_values_reach_the_run(t
             assert all(r["lr"] == pytest.approx(accepted[-1], rel=1e-12) for r in after)
 
     run_async(body)
-    assert len(accepted) >= 3 and len(texts) - len(accepted) >= 20
+    assert len(accepted) >= 3 and len(texts) - len(accepted) >= len(texts) // 2
     print(f"\nLR dialog: {len(texts)} inputs typed, {len(accepted)} accepted, {len(texts) - len(accepted)} refused")
