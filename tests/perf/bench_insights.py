@@ -56,8 +56,10 @@ def main() -> None:
         for i in range(args.repeats):
             first, second = (False, True) if i % 2 == 0 else (True, False)
             for insights in (first, second):
-                rate, counts = train(args.epochs, i, insights, root, i)
+                rate, got = train(args.epochs, i, insights, root, i)
                 (full if insights else plain).append(rate)
+                if insights:
+                    counts = got
             print(f"repeat {i + 1}: plain {plain[-1]:7.0f}  insights {full[-1]:7.0f} steps/s  "
                   f"(last insights run: {counts['boundary']} boundary frames, {counts['layers']} layer "
                   f"stats, {counts['hint']} hints)", flush=True)
