@@ -54,7 +54,7 @@ class Net(nn.Module):
 
     def forward(self, x):
         if self.training:
-            time.sleep(0.005)
+            time.sleep(0.005)  # wait-ok: a deliberately slow step, so epochs span the fault
         return self.body(x)
 
 

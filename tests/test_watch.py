@@ -161,13 +161,13 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
 
 
 CLIENT = textwrap.dedent("""
-    import sys, time
+    import select, sys
     from tuitrain.engine.control import ControlClient
     client = ControlClient.connect(sys.argv[1])
     print("connected", flush=True)
-    while True:  # read everything the run sends, as a watcher does
+    while not client.closed:  # read everything the run sends, as a watcher does
+        select.select([client], [], [], 1.0)
         client.poll()
-        time.sleep(0.01)
 """)
 
 

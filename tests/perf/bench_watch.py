@@ -102,10 +102,10 @@ async def main():
     app = WatchApp(remote)
     async with app.run_test(size=(120, 40)) as pilot:
         while not remote.first_frame.is_set():  # set by the app after the refresh that painted the steps
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # wait-ok: poll interval of a condition wait
         painted = time.time() - t0
         while app.state.status != "FINISHED":
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # wait-ok: poll interval of a condition wait
         full = time.time() - t0
         print(f"{first['frame']:.3f} {painted:.3f} {first['steps']} {full:.3f} {len(app.state.loss)}")
         app.exit()
