@@ -194,13 +194,15 @@ def run(cfg: RunConfig, preset: Preset, run_dir: Path, **kwargs: Any) -> Run:
     return Run(trainer, result, events)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll a condition until it holds (never a fixed sleep); fail after `timeout` seconds."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
+               poll: float = 0.002) -> Any:
+    """Poll a condition until it holds (never a fixed sleep) and return its value; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)  # wait-ok: poll interval inside a condition wait with a deadline
+        time.sleep(poll)  # wait-ok: poll interval inside a condition wait with a deadline
+    return value
 
 
 def weights(state_or_model: Any) -> dict[str, torch.Tensor]:

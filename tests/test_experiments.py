@@ -13,7 +13,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from cli_helpers import REPO, in_process, load_ckpt, metrics, read_json

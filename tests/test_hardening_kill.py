@@ -24,12 +24,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from cli_helpers import cli_env, read_json, tuitrain
-from conftest import assert_same_weights
+from conftest import assert_same_weights, wait_until
 
 from tuitrain.engine import checkpoint as ckpt
 from tuitrain.engine.rundir import read_metrics, step_losses
@@ -147,16 +146,6 @@ def temp_files(run_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*.tmp"))
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.0005)  # wait-ok: poll interval inside a condition wait with a deadline
-
 
 def assert_metrics_at_most_one_torn_line(path: Path) -> bool:
     """Every line but the last parses; the last parses or is cut (no newline). True if torn."""
@@ -193,14 +182,15 @@ def test_sigkill_twenty_times_including_mid_checkpoint_then_resume_finishes(tmp_
             pid = zygote.start(argv, tmp_path, out)
             latest = ckdir / "latest.pt"
             if i == 0:  # the first kill waits for a checkpoint to exist, so there is always one to resume
-                wait_for(latest.exists, 60, "the first latest.pt")
+                wait_until(latest.exists, 60, "the first latest.pt", poll=0.0005)
             else:  # this process's own first line: it has loaded the checkpoint and begun
-                wait_for(lambda: "resuming at step" in out.read_text(), 60, f"run {i} to start")
+                wait_until(lambda: "resuming at step" in out.read_text(), 60, f"run {i} to start", poll=0.0005)
                 # The temp files the last kill left were cleared before this run wrote anything.
                 assert not set(leftover) & set(temp_files(R)), leftover
             if i % 2:
                 # Kill inside a checkpoint write: as soon as a temp file shows up next to latest.pt.
-                wait_for(lambda: any(n.endswith(".tmp") for n in os.listdir(ckdir)), 30, "a checkpoint write")
+                wait_until(lambda: any(n.endswith(".tmp") for n in os.listdir(ckdir)), 30, "a checkpoint write",
+                           poll=0.0005)
             else:
                 time.sleep(rng.uniform(0.0, 0.4))  # wait-ok: the random moment of the kill is the point
             os.kill(pid, signal.SIGKILL)

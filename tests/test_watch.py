@@ -16,13 +16,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from cli_helpers import TUITRAIN, cli_env, in_process, tuitrain
+from cli_helpers import cli_env, in_process, tuitrain
+from conftest import wait_until
 from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
                                step_records, until, wait_event)
 from tuitrain.engine.control import pid_alive, read_pid
@@ -36,15 +36,8 @@ DEADLINE = 30.0
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll `predicate` until it is truthy (outside the app's event loop)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)  # wait-ok: poll interval inside a condition wait with a deadline
+    """conftest.wait_until with this file's deadline (outside the app's event loop)."""
+    return wait_until(predicate, timeout, what, poll=0.05)
 
 
 def last_step(run_dir: Path) -> int:
