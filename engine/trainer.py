@@ -552,7 +552,7 @@ class Trainer:
                 if b < nbatches:
                     self._finish_run("finished", f"reached --max-steps {cfg.max_steps}")
                 break  # on an epoch boundary: the epoch's end runs as usual first
-        self._flush()
+        self._flush(frame=False)  # the epoch's end draws its own frame after evaluating
 
     @staticmethod
     def _finite_update(loss: torch.Tensor, params: list[torch.Tensor], use_scaler: bool) -> bool:
@@ -686,7 +686,7 @@ class Trainer:
             self.emit(Sample(self.step, self._now(), epoch=epoch, text=str(text)[:500]))
 
     # -- flushing ------------------------------------------------------------------
-    def _flush(self) -> None:
+    def _flush(self, *, frame: bool = True) -> None:
         pending = self._pending
         self._collect_saves()
         if pending.preds:
@@ -736,7 +736,7 @@ class Trainer:
                 self._non_finite(steps[bad], what="training loss")
         pending.clear()
         self._collect_due = self._health is not None
-        if self._probe is not None and time.perf_counter() - self._boundary_at >= BOUNDARY_INTERVAL:
+        if frame and self._probe is not None and time.perf_counter() - self._boundary_at >= BOUNDARY_INTERVAL:
             self._emit_boundary(epoch_end=False)
         self.rundir.flush()
 

@@ -203,3 +203,12 @@ def test_data_wait_is_high_when_the_dataset_is_slow_and_low_for_tensors(tmp_path
     assert waits and max(waits) > 0.5
     fast = run_with(make_cfg(epochs=1, log_interval=0.05), classifier_preset(), tmp_path / "fast")
     assert all(0.0 <= e.data_wait < 0.5 for e in fast.of(ev.StepStats))
+
+
+def test_an_epoch_end_draws_one_frame_not_two(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuitrain.engine import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "BOUNDARY_INTERVAL", 0.0)  # any flush may draw
+    r = run_with(make_cfg(epochs=3), classifier_preset(), run_dir, boundary=True)  # flushes only at epoch ends
+    kinds = [g.epoch_end for g in r.of(ev.BoundaryGrid)]
+    assert kinds == [False, True, True, True]  # the start, then each epoch's evaluated frame
