@@ -82,11 +82,16 @@ def test_p_pauses_the_engine_and_p_again_resumes(tmp_path: Path) -> None:
 
 # -- l: set the learning rate -------------------------------------------------------------
 
-async def _set_lr(pilot, text: str) -> None:
+async def _set_lr(pilot, text: str, *, confirm: bool = False) -> None:
+    """Type an LR and Enter; `confirm`: a jump above 100x the current LR, so Enter once more."""
     await pilot.press("l")
     await until(pilot, lambda: isinstance(pilot.app.screen, LRDialog), "the LR dialog")
     await pilot.press(*text)
     await pilot.press("enter")
+    if confirm:
+        await until(pilot, lambda: pilot.app.screen.query_one("#lr-message").has_class("-confirm"),
+                    "the dialog to ask for confirmation")
+        await pilot.press("enter")
 
 
 def test_l_sets_the_learning_rate_used_by_the_following_steps(tmp_path: Path) -> None:
@@ -215,7 +220,7 @@ def test_l_with_a_huge_lr_is_refused_not_turned_into_an_infinite_multiplier(tmp_
         trainer = make_trainer(tmp_path)
         async with dashboard(trainer) as (app, pilot, sampler):
             await wait_running(pilot, app, R)
-            await _set_lr(pilot, "1e308")
+            await _set_lr(pilot, "1e308", confirm=True)
             await until(pilot, lambda: events_named(R, "lr_changed") or events_named(R, "rejected"),
                         "an answer to the LR change")
             step = trainer.step

@@ -19,7 +19,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from tuitrain.engine.commands import SaveCheckpoint, SetLR, Stop, TogglePause
@@ -53,8 +53,21 @@ LAYERS_INTERVAL = 1.0
 #: The footer shows [ and ] as one entry: "[] Smooth".
 SMOOTHING = Binding.Group("Smooth", compact=True)
 
+#: The smallest terminal the dashboard draws in (columns, rows); below it, a one-line notice.
+MIN_SIZE = (80, 24)
+
+#: Below this width the footer is compact (one space between keys), so that every key fits.
+FOOTER_COMPACT_BELOW = 120
+
 #: Actions that steer a live run; greyed out once it has ended.
-STEERING = ("toggle_pause", "set_lr", "save", "stop", "detach")
+STEERING = ("toggle_pause", "resume", "set_lr", "save", "stop", "detach")
+
+
+def mouse_wanted(env: dict[str, str] | None = None) -> bool:
+    """No mouse tracking under GNU screen: with it on, screen holds a lone Esc back and glues it to the
+    next key (Esc would not close a dialog, and the key after it would be typed into it)."""
+    env = os.environ if env is None else env
+    return not (env.get("STY") or env.get("TERM", "").startswith("screen"))
 
 
 class TuitrainApp(App[int]):
@@ -66,22 +79,27 @@ class TuitrainApp(App[int]):
     EXIT_WITH_RUN = True
     VERTICAL_BREAKPOINTS = [(0, "-tiny"), (20, "-short"), (30, "-tall")]
     BINDINGS = [
-        Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause or resume training"),
+        Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause training at the next step"),
+        # The same key while PAUSED: the footer says what p does now (check_action shows one of the two).
+        Binding("p", "resume", "Resume", id="resume", tooltip="resume training"),
         Binding("l", "set_lr", "LR", id="set-lr", tooltip="set the learning rate"),
         Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
         Binding("x", "stop", "Stop", id="stop", tooltip="stop early: evaluate, save, keep the dashboard"),
+        Binding("d", "detach", "Detach", id="detach",
+                tooltip="save, keep training in the background, return the shell (tuitrain watch RUN_DIR)"),
         Binding("q", "quit_run", "Quit", id="quit", tooltip="quit (stops and saves first)"),
         Binding("b", "toggle_boundary", "Boundary", id="boundary",
                 tooltip="show or hide the decision boundary (2-D presets)"),
         Binding("h", "toggle_health", "Health", id="health",
                 tooltip="layer health: gradient norm and per-layer table instead of LR and system"),
-        Binding("question_mark", "help", "Help", id="help"),  # before the plot keys: still in view at 80 columns
-        # Not in the footer (it is full at 80 columns); in the help (?) and the command palette.
-        Binding("d", "detach", "Detach", id="detach", show=False,
-                tooltip="save, keep training in the background, return the shell (tuitrain watch RUN_DIR)"),
+        Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
+        Binding("question_mark", "help", "Help", id="help"),
+        # Hidden from the footer below 100 columns (app.tcss: it would not fit); in the help and the palette.
         Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less", group=SMOOTHING),
         Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more", group=SMOOTHING),
-        Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
+        # ctrl+c closes a dialog (help, LR, palette), wherever the focus is: a second way out where Esc
+        # is unreliable (GNU screen glues a lone Esc to the next key); on the dashboard it points at q.
+        Binding("ctrl+c", "help_quit", show=False, priority=True, id="close-or-help-quit"),
     ]
 
     def __init__(self, trainer: "Trainer", *, refresh_hz: float = 4.0, plot_interval: float = 1.0,
@@ -129,23 +147,36 @@ class TuitrainApp(App[int]):
             yield LayerTable(id="layer-table")
             yield ProgressPanel(id="progress-panel")
         yield EventLog(id="event-log")
+        yield Static("", id="too-small", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
         self._compact_footer(self.size.width)
+        self._check_size(self.size.width, self.size.height)
         self.sampler.start()
         self.run_engine()
         self.set_interval(1 / self.refresh_hz, self.drain)
 
     def on_resize(self, event: events.Resize) -> None:
         self._compact_footer(event.size.width)
+        self._check_size(event.size.width, event.size.height)
+
+    def _check_size(self, width: int, height: int) -> None:
+        """Below 80x24 the panels would garble: say so instead (the keys still work)."""
+        too_small = width < MIN_SIZE[0] or height < MIN_SIZE[1]
+        screen = self.screen_stack[0] if self.screen_stack else self.screen
+        if too_small:
+            self.query_one("#too-small", Static).update(
+                f"terminal too small (need {MIN_SIZE[0]}x{MIN_SIZE[1]}, this one is {width}x{height})\n"
+                "q quits, ? lists the keys")
+        screen.set_class(too_small, "-too-small")
 
     def _compact_footer(self, width: int) -> None:
         """Textual's compact footer below the wide breakpoint, so that the keys fit in 80 columns.
 
         (A reactive, not a tcss rule: the footer keys size themselves from it.)
         """
-        compact = width < self.HORIZONTAL_BREAKPOINTS[1][0]
+        compact = width < FOOTER_COMPACT_BELOW
         footer = self.query_one(Footer)
         if footer.compact != compact:
             footer.compact = compact
@@ -210,7 +241,8 @@ class TuitrainApp(App[int]):
             if self._layers_dirty and self.show_health and (now - self._last_layers >= LAYERS_INTERVAL or ended):
                 self.query_one(LayerTable).show(state.layers)
                 self._layers_dirty, self._last_layers = False, now
-            if self._plots_dirty and (now - self._last_plot >= self.plot_interval or ended):
+            if self._plots_dirty and (now - self._last_plot >= self.plot_interval or ended
+                                      or self._first_data(state)):
                 self._replot(now, force=ended)
                 self._last_plot = now
         if not state.running and not self._ended_seen:
@@ -224,6 +256,13 @@ class TuitrainApp(App[int]):
             self._bindings_status = state.status
             self.refresh_bindings()
 
+    def _first_data(self, state: DashboardState) -> bool:
+        """A plot still says "waiting" and its data has arrived: draw now, not a plot interval later
+        (a short run would otherwise say "waiting for the first steps" for its first 500)."""
+        loss, lr = self.query_one(LossPlot), self.query_one(LRPlot)
+        return ((len(state.loss) > 0 and loss.waiting and loss.display)
+                or (state.lr is not None and lr.waiting and lr.display))
+
     def _replot(self, now: float, *, force: bool = False) -> None:
         state, dirty = self.state, self._plots_dirty
         if "loss" in dirty:
@@ -232,7 +271,9 @@ class TuitrainApp(App[int]):
         if "metric" in dirty:
             self.query_one(MetricPlot).replot(state, overlays=self.overlays())
         # The LR curve moves slowly; redraw it at once only when the plan changed.
-        lr_due = "plan" in dirty or now - self._last_lr_plot >= LR_PLOT_INTERVAL or force
+        lr_plot = self.query_one(LRPlot)
+        lr_due = ("plan" in dirty or now - self._last_lr_plot >= LR_PLOT_INTERVAL or force
+                  or (lr_plot.waiting and lr_plot.display))
         if "lr" in dirty and lr_due or "plan" in dirty:
             self.query_one(LRPlot).replot(state)
             self._last_lr_plot = now
@@ -277,7 +318,16 @@ class TuitrainApp(App[int]):
         self.exit(code, return_code=code)
 
     # -- keys ----------------------------------------------------------------------
+    def run(self, *args: Any, mouse: bool | None = None, **kwargs: Any) -> Any:  # type: ignore[override]
+        """App.run, with the mouse off where it breaks the keyboard (mouse_wanted)."""
+        return super().run(*args, mouse=mouse_wanted() if mouse is None else mouse, **kwargs)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        paused = self.state.status == "PAUSED" and self.state.running
+        if action == "resume" and not paused:
+            return False  # hidden: p shows as Pause
+        if action == "toggle_pause" and paused:
+            return False  # hidden: p shows as Resume
         if action in STEERING and not self.state.running:
             return None  # shown greyed out: nothing to steer after the run ended
         if action == "toggle_boundary" and self.state.boundary_points is None:
@@ -285,6 +335,10 @@ class TuitrainApp(App[int]):
         return True
 
     def action_toggle_pause(self) -> None:
+        self.trainer.commands.put(TogglePause())
+
+    def action_resume(self) -> None:
+        """p while PAUSED: a toggle too, so that p pressed twice quickly still means pause-resume."""
         self.trainer.commands.put(TogglePause())
 
     def action_set_lr(self) -> None:
@@ -316,8 +370,11 @@ class TuitrainApp(App[int]):
         self.trainer.commands.put(Stop(reason="detached from the dashboard", signal=DETACH_SIGNAL))
 
     def action_help_quit(self) -> None:
-        """ctrl+c: point at the key that quits safely."""
-        self.notify("Press q to quit (a running training is stopped and saved first).")
+        """ctrl+c: close the dialog on top; on the dashboard, point at the key that quits safely."""
+        if len(self.screen_stack) > 1:
+            self.screen.dismiss(None)
+            return
+        self.notify("Press q to quit (a running training is stopped and saved first).", markup=False)
 
     async def action_quit(self) -> None:
         """ctrl+q (Textual's own quit key) quits the same safe way as q."""
@@ -368,7 +425,8 @@ class TuitrainApp(App[int]):
             self.call_after_refresh(lambda: self.query_one(GradNormPlot).replot(self.state, clip=self._grad_clip()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
+        """Only tuitrain's commands, once each: Textual's own (a second Quit and Keys, Maximize,
+        Screenshot, Theme) do nothing useful here."""
         running = self.state.running
         if running:
             yield SystemCommand("Pause / resume training", "p: pause or resume at the next step",

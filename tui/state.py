@@ -147,7 +147,9 @@ class DashboardState:
 
     def _on_SchedulePreview(self, e: ev.SchedulePreview) -> None:
         self.plan_steps, self.plan_lrs = list(e.steps), list(e.lrs)
-        self.dirty |= {"lr", "plan"}
+        if self.lr is None and e.lrs:
+            self.lr = e.lrs[0]  # the planned LR now: known before the first steps are flushed
+        self.dirty |= {"lr", "plan", "progress"}
 
     def _on_StepStats(self, e: ev.StepStats) -> None:
         self.loss.extend(e.steps, e.loss)
@@ -253,9 +255,14 @@ class DashboardState:
         self.ended_at = e.t
         self.step = e.step
         s = e.summary
+        # The run's own average, the number its summary and final line give, not the last window's.
+        if isinstance(s.get("steps_per_sec"), (int, float)):
+            self.steps_per_sec = float(s["steps_per_sec"])
+        if isinstance(s.get("samples_per_sec"), (int, float)):
+            self.samples_per_sec = float(s["samples_per_sec"])
         self._say(e, "error" if e.status == "failed" else "info",
-                  f"{e.status}: {s.get('reason', '')} ({s.get('steps', 0)} steps, "
-                  f"{s.get('steps_per_sec', 0):,.0f} steps/s); press q to quit")
+                  f"{e.status}: {s.get('reason', '')} ({int(s.get('steps') or 0):,} steps, "
+                  f"{s.get('steps_per_sec') or 0:,.0f} steps/s); press q to quit")
         self.dirty |= {"status", "progress"}
 
     # -- seeing the model learn ------------------------------------------------------

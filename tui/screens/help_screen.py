@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
@@ -34,10 +34,15 @@ class HelpScreen(ModalScreen[None]):
         self.title_text = title
 
     def compose(self) -> ComposeResult:
+        # A two-column grid: a long description wraps under itself (a hanging indent), not under the key.
+        # markup=False: the texts are shown as written ("[ / ]" is a key, not a tag).
         with Vertical(id="help"):
-            yield Static(self.title_text, id="help-title")
-            yield Static("\n".join(f"{key:>7}  {text}" for key, text in self.key_lines), id="help-keys")
-            yield Static("Esc to close", id="help-footer")
+            yield Static(self.title_text, id="help-title", markup=False)
+            with Grid(id="help-keys"):
+                for key, text in self.key_lines:
+                    yield Static(key, classes="help-key", markup=False)
+                    yield Static(text, classes="help-text", markup=False)
+            yield Static("Esc, q or ? to close", id="help-footer", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -30,4 +30,5 @@ class EventLog(RichLog):
                 text.append("\n")
             text.append(f"{stamp} ", "dim")
             text.append(line.text, style)
-        self.write(text)
+        # expand: wrap at the log's own width (RichLog's default is 78 columns, whatever the terminal).
+        self.write(text, expand=True)

@@ -21,10 +21,13 @@ class GradNormPlot(TrainPlot):
     def replot(self, state: DashboardState, *, clip: float | None = None) -> None:
         series = state.total_grad_norm
         last = series.last
-        self.start("grad norm (log)" if last is None else f"grad norm {fmt_norm(last)} (log)")
+        legend = [("norm", self.colour("grad-norm-plot--norm"), "━")]
+        if clip:
+            legend.append(("clip", self.colour("grad-norm-plot--clip"), "━"))
+        self.start("grad norm · log" if last is None else f"grad norm {fmt_norm(last)} · log", legend)
         plt = self.plt
         if len(series) == 0:
-            plt.title("grad norm: waiting")
+            self.wait("grad norm · waiting")
             self.finish()
             return
         cols = series.thin(self.columns)
@@ -38,5 +41,4 @@ class GradNormPlot(TrainPlot):
                 lo, hi = min(lo, math.log10(clip)), max(hi, math.log10(clip))
             self.integer_xticks(min(x), max(x), count=3)
             self.log_yticks(lo, hi)
-        plt.xlabel("step")
         self.finish()

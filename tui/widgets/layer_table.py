@@ -66,10 +66,19 @@ class LayerTable(DataTable, can_focus=False):
         self._cells: dict[tuple[str, str], str] = {}
         """What each (row, column) shows now: a cell is updated only when its text changes."""
         self.border_title = "layer health · waiting for the first stats"
+        self._stats: ev.LayerStats | None = None
+        self._built_width = 0
+
+    def on_resize(self) -> None:
+        """The last column takes the slack, so that the header's highlight spans the panel."""
+        if self._stats is not None and self.size.width != self._built_width:
+            stats, self._names = self._stats, None
+            self.show(stats)
 
     def show(self, stats: ev.LayerStats | None) -> None:
         if stats is None:
             return
+        self._stats = stats
         if stats.names != self._names:
             self._build(stats)
         flag_style = self.get_component_rich_style("layer-table--flag", partial=True)
@@ -102,16 +111,22 @@ class LayerTable(DataTable, can_focus=False):
         module_style = self.get_component_rich_style("layer-table--module", partial=True)
         module_width = min(NAME_WIDTH, max([len("module")] + [len(m) for m, _ in parts]))
         tensor_width = min(NAME_WIDTH, max([len("tensor")] + [len(t) for _, t in parts]))
-        self.add_column("module", width=module_width, key="module")
-        self.add_column("tensor", width=tensor_width, key="tensor")
+        self.add_column(Text("module"), width=module_width, key="module")
+        self.add_column(Text("tensor"), width=tensor_width, key="tensor")
         self.add_column(Text("shape", justify="right"), width=max([5] + [len(s) for s in shapes]), key="shape")
+        self._built_width = self.size.width
+        used = module_width + tensor_width + max([5] + [len(s) for s in shapes])
+        used += sum(width for _, _, width in VALUE_COLUMNS) + 2 * self.cell_padding * (3 + len(VALUE_COLUMNS))
+        slack = max(0, self.scrollable_content_region.width - used)
         for key, header, width in VALUE_COLUMNS:
+            width += slack if key == "flag" else 0
             self.add_column(Text(header, justify="right" if key != "flag" else "left"), width=width, key=key)
         previous = None
         for i, ((module, tensor), shape) in enumerate(zip(parts, shapes)):
-            shown_module = Text(module, style=module_style) if module != previous else ""
+            # Text, not str: a DataTable parses str cells as markup, and these names are the user's.
+            shown_module = Text(module, style=module_style) if module != previous else Text("")
             previous = module
-            self.add_row(shown_module, tensor, Text(shape, justify="right"), "", "", "", "", key=str(i))
+            self.add_row(shown_module, Text(tensor), Text(shape, justify="right"), "", "", "", "", key=str(i))
             self._cells[(str(i), "tensor")] = tensor
 
 

@@ -22,15 +22,21 @@ class LossPlot(TrainPlot):
     def replot(self, state: DashboardState, *, smoothing: float, log_scale: bool,
                overlays: Sequence[tuple[str, DashboardState]] = ()) -> None:
         """`overlays`: (label, state) of every run to compare, `state` among them; empty for one run."""
-        title = f"loss  (smoothing {smoothing:.2f}{', log' if log_scale else ''})"
-        self.start(title)
+        title = f"loss · smooth {smoothing:.2f}{' · log' if log_scale else ''}"
         if overlays:
+            self.start(title, [(label, self.colour(RUN_COMPONENTS[i % len(RUN_COMPONENTS)]), "━")
+                               for i, (label, _) in enumerate(overlays)], xlabel="step · lines: train, dots: val")
             self._compare(overlays, smoothing=smoothing, log_scale=log_scale)
             self.finish()
             return
+        legend = [("train", self.colour("loss-plot--raw"), "━")]
+        if smoothing > 0:
+            legend.append(("smoothed", self.colour("loss-plot--smoothed"), "━"))
+        legend.append(("val", self.colour("loss-plot--val"), "•"))
+        self.start(title, legend)
         plt = self.plt
         if len(state.loss) == 0:
-            plt.title("loss: waiting for the first steps")
+            self.wait("loss · waiting for the first steps")
             self.finish()
             return
         cols = state.loss.thin(self.columns)
@@ -38,17 +44,17 @@ class LossPlot(TrainPlot):
         scale = log10_all if log_scale else list
         y = scale(y)
         if x:
-            plt.plot(x, y, color=self.colour("loss-plot--raw"), label="train")
+            plt.plot(x, y, color=self.colour("loss-plot--raw"))
         sx, sy = state.loss.ema(smoothing, self.columns)
         sx, sy = finite_pairs(sx, sy, positive=log_scale)
         sy = scale(sy)
         if sx and smoothing > 0:
-            plt.plot(sx, sy, color=self.colour("loss-plot--smoothed"), label="smoothed")
+            plt.plot(sx, sy, color=self.colour("loss-plot--smoothed"))
         vx, vy = finite_pairs([p[1] for p in state.val_loss.points()], [p[2] for p in state.val_loss.points()],
                               positive=log_scale)
         vy = scale(vy)
         if vx:
-            plt.plot(vx, vy, color=self.colour("loss-plot--val"), marker="dot", label="val")
+            plt.plot(vx, vy, color=self.colour("loss-plot--val"), marker="dot")
         lo, hi = (cols.x[0], cols.x[-1]) if cols.x else (0, 1)
         for step, kind, _label in state.marks.in_range(lo, hi):
             plt.vline(step, self.colour(MARK_COMPONENTS.get(kind, "loss-plot--mark-lr")))
@@ -58,7 +64,6 @@ class LossPlot(TrainPlot):
         all_y = y + (sy if smoothing > 0 else []) + vy
         if log_scale and all_y:
             self.log_yticks(min(all_y), max(all_y))
-        plt.xlabel("step")
         self.finish()
 
     def _compare(self, runs: Sequence[tuple[str, DashboardState]], *, smoothing: float, log_scale: bool) -> None:
@@ -77,7 +82,7 @@ class LossPlot(TrainPlot):
                 x, y = finite_pairs(x, y, positive=log_scale)
                 y = scale(y)
                 if x:
-                    plt.plot(x, y, color=colour, label=label)
+                    plt.plot(x, y, color=colour)
                     all_x += [x[0], x[-1]]
                     all_y += [min(y), max(y)]
             points = state.val_loss.points()
@@ -88,9 +93,8 @@ class LossPlot(TrainPlot):
                 all_x += [vx[0], vx[-1]]
                 all_y += [min(vy), max(vy)]
         if not all_x:
-            plt.title("loss: waiting for the first steps")
+            self.wait("loss · waiting for the first steps")
             return
         self.integer_xticks(min(all_x), max(all_x))
         if log_scale:
             self.log_yticks(min(all_y), max(all_y))
-        plt.xlabel("step  (lines: train, dots: val)")

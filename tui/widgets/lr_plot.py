@@ -10,20 +10,25 @@ class LRPlot(TrainPlot):
     COMPONENT_CLASSES = {"lr-plot--plan", "lr-plot--used", "lr-plot--now"}
 
     def replot(self, state: DashboardState) -> None:
-        now = f"{state.lr:.2e}" if state.lr is not None else "?"
-        self.start(f"learning rate  (now {now})")
+        title = "LR" if state.lr is None else f"LR {state.lr:.2e}"
+        self.start(title, [("plan", self.colour("lr-plot--plan"), "━"), ("used", self.colour("lr-plot--used"), "━")])
         plt = self.plt
         px, py = finite_pairs(state.plan_steps, state.plan_lrs)
         if px:
-            plt.plot(px, py, color=self.colour("lr-plot--plan"), label="plan")
+            plt.plot(px, py, color=self.colour("lr-plot--plan"))
         if len(state.lr_used):
             cols = state.lr_used.thin(self.columns)
             ux, uy = finite_pairs(cols.x, cols.last)
             if ux:
-                plt.plot(ux, uy, color=self.colour("lr-plot--used"), label="used")
+                plt.plot(ux, uy, color=self.colour("lr-plot--used"))
                 plt.scatter([ux[-1]], [uy[-1]], color=self.colour("lr-plot--now"), marker="o")
         xs = px + [int(v) for v in (state.lr_used.thin(2).x if len(state.lr_used) else [])]
+        ys = py + (uy if len(state.lr_used) and ux else [])
         if xs:
-            self.integer_xticks(min(xs), max(xs))
-        plt.xlabel("step")
+            self.integer_xticks(min(xs), max(xs), count=4)
+        if ys:
+            self.linear_yticks(min(ys), max(ys))
+        else:
+            self.wait(title)
+        self.waiting = self.waiting or state.lr is None
         self.finish()
