@@ -151,6 +151,9 @@ class TuitrainApp(App[int]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # In 256 colours a translucent modal backdrop blends the boundary's and the plots' colours into
+        # garish or invisible ones: app.tcss dims behind dialogs only in truecolor.
+        self.set_class(self.console.color_system != "truecolor", "-few-colours")
         self._compact_footer(self.size.width)
         self._check_size(self.size.width, self.size.height)
         self.sampler.start()

@@ -9,6 +9,7 @@ events.
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
 from tuitrain.engine import events as ev
@@ -263,7 +264,26 @@ class DashboardState:
         self._say(e, "error" if e.status == "failed" else "info",
                   f"{e.status}: {s.get('reason', '')} ({int(s.get('steps') or 0):,} steps, "
                   f"{s.get('steps_per_sec') or 0:,.0f} steps/s); press q to quit")
+        tip = self.longer_run_tip()
+        if tip and e.status == "finished":
+            self._say(e, "info", tip)
+            self.hint = ev.Hint(e.step, e.t, rule="short_run", message=f"done in {self.elapsed():.0f} s",
+                                evidence="", remedy=tip.removeprefix("tip: "), severity="info")
+            self.dirty.add("hint")
         self.dirty |= {"status", "progress"}
+
+    def longer_run_tip(self) -> str | None:
+        """After a run over in seconds (circles: about 3 s), what to type to get one long enough to try
+        the keys on: the same preset for about a minute, or this run continued with more epochs."""
+        seconds = self.elapsed()
+        if self.ended_at is None or seconds >= SHORT_RUN_SECONDS or self.epochs <= 0:
+            return None
+        epochs = nice_round(self.epochs * TRY_KEYS_SECONDS / max(seconds, 0.5))
+        preset = shlex.quote(str(self.config.get("preset") or self.preset))
+        tip = f"tip: to try p, l and s on a longer run: tuitrain --preset {preset} --epochs {epochs}"
+        if self.config.get("scheduler", "none") not in FIXED_LENGTH_SCHEDULERS and self.run_dir:
+            tip += f", or continue this one: tuitrain --resume {shlex.quote(self.run_dir)} --epochs {epochs}"
+        return tip
 
     # -- seeing the model learn ------------------------------------------------------
     def _on_BoundaryPoints(self, e: ev.BoundaryPoints) -> None:
@@ -295,6 +315,22 @@ class DashboardState:
     def _on_Sample(self, e: ev.Sample) -> None:
         text = clip(e.text.replace("\r", "").replace("\n", " ⏎ "), 240)
         self._say(e, "info", f'sample (epoch {e.epoch}): "{text}"')
+
+
+#: A finished run shorter than this (seconds) gets a tip for a longer one.
+SHORT_RUN_SECONDS = 20.0
+#: How long the suggested run should train (seconds): time enough to press a few keys.
+TRY_KEYS_SECONDS = 60.0
+#: Their plan is fixed to the run's length: --resume cannot change --epochs.
+FIXED_LENGTH_SCHEDULERS = ("cosine", "onecycle", "warmup-cosine")
+
+
+def nice_round(value: float) -> int:
+    """1, 2 or 5 times a power of ten, the nearest below or at value (at least 1)."""
+    if value < 1:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    return int(max(m * power for m in (1, 2, 5) if m * power <= value))
 
 
 def clip(text: str, limit: int = 200) -> str:

@@ -15,7 +15,10 @@ class EventLog(RichLog):
     COMPONENT_CLASSES = {"event-log--info", "event-log--action", "event-log--warning", "event-log--error"}
 
     def __init__(self, **kwargs: object) -> None:
-        super().__init__(max_lines=2000, wrap=True, markup=False, highlight=False, **kwargs)  # type: ignore[arg-type]
+        # min_width=1: RichLog otherwise renders at least 78 columns wide, and at 80 columns the last
+        # characters of a wrapped line went under the scrollbar ("1,218" shown as "1,2").
+        super().__init__(max_lines=2000, wrap=True, markup=False, highlight=False, min_width=1,
+                         **kwargs)  # type: ignore[arg-type]
         self.entries: deque[str] = deque(maxlen=2000)
         """The logical lines written, unwrapped (the screen wraps long ones)."""
 
@@ -30,5 +33,5 @@ class EventLog(RichLog):
                 text.append("\n")
             text.append(f"{stamp} ", "dim")
             text.append(line.text, style)
-        # expand: wrap at the log's own width (RichLog's default is 78 columns, whatever the terminal).
+        # expand: wrap at the log's own width, not at the longest line's (a wide terminal's log used 78).
         self.write(text, expand=True)

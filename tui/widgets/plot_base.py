@@ -119,19 +119,19 @@ def _rich_colour(colour: "tuple[int, int, int] | str") -> str | None:
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    """Round values (multiples of 1, 2 or 5 x 10^k) between lo and hi, about `count` of them."""
+    """Round values (multiples of 1, 2, 2.5 or 5 x 10^k) between lo and hi: the widest spacing that
+    still gives at least count - 1 of them (and two)."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return [lo]
-    raw = (hi - lo) / max(1, count - 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    out = []
-    value = first
-    while value <= hi + step * 1e-9:
-        out.append(round(value, 12))
-        value += step
-    return out
+    magnitude = 10 ** math.floor(math.log10((hi - lo) / max(1, count - 1)))
+    want = max(2, count - 1)
+    for m in (10, 5, 2.5, 2, 1, 0.5, 0.25, 0.2, 0.1):
+        step = m * magnitude
+        first = math.ceil(lo / step - 1e-9)
+        last = math.floor(hi / step + 1e-9)
+        if last - first + 1 >= want:
+            return [round(k * step, 12) for k in range(first, last + 1)]
+    return [lo, hi]
 
 
 def log_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
