@@ -56,17 +56,21 @@ def test_generated_lr_input_in_the_live_dialog_only_valid_values_reach_the_run(t
                 await until(pilot, lambda: isinstance(app.screen, LRDialog), "the LR dialog")
                 dialog = app.screen
                 field = dialog.query_one("#lr-input")
+                message = dialog.query_one("#lr-message")
                 field.value = text
                 await pilot.press("enter")
                 expected = _oracle(text)
                 if expected is None:
-                    message = dialog.query_one("#lr-message")
                     await until(pilot, lambda: message.has_class("-error"), f"an error for {text!r}")
                     assert app.screen is dialog
                     await pilot.press("escape")
                     await until(pilot, lambda: not isinstance(app.screen, LRDialog), "Esc")
                 else:
                     accepted.append(expected)
+                    await until(pilot, lambda: not isinstance(app.screen, LRDialog) or message.has_class("-confirm"),
+                                f"{text!r} accepted (or a question first: more than 100x the current LR)")
+                    if isinstance(app.screen, LRDialog):
+                        await pilot.press("enter")
                     await until(pilot, lambda: not isinstance(app.screen, LRDialog), f"{text!r} accepted")
                     await until(pilot, lambda: len(events_named(R, "lr_changed")) == len(accepted),
                                 f"the engine's answer to {text!r}")
