@@ -246,6 +246,7 @@ class Trainer:
         self._paused_at: float | None = None
         if resume is not None:
             self.load_state(resume)
+            self._load_diagnosis(resume)
 
     # -- setup helpers ---------------------------------------------------------
     def _set_threads(self) -> None:
@@ -292,7 +293,20 @@ class Trainer:
             "rng": capture_rng(),
             "config": self.cfg.to_dict(),
             "preset": self.preset.name,
+            # Optional: what the hints need to judge a resumed run as one never stopped.
+            **({"diagnosis": self._diag.state_dict()} if self._diag is not None else {}),
         }
+
+    def _load_diagnosis(self, state: dict[str, Any]) -> None:
+        """Resume the hints' windows where the checkpoint left them (only on resume: a NaN
+        roll-back keeps the windows it has). A checkpoint without them (an older tuitrain)
+        leaves the rules that compare with the run's start silent: that start is unknown."""
+        if self._diag is None or "diagnosis" not in state:
+            return
+        try:
+            self._diag.load_state_dict(state["diagnosis"])
+        except ValueError as exc:
+            raise ckpt.CheckpointError(f"the checkpoint's diagnosis is not readable: {exc}") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint into this run; a mismatch is a CheckpointError."""
@@ -413,7 +427,7 @@ class Trainer:
 
     def _emit_findings(self, findings: Iterable[Finding]) -> None:
         for f in findings:
-            self.emit(Hint(self.step, self._now(), rule=f.rule, message=f.message, evidence=f.evidence,
+            self.emit(Hint(self.step if f.step is None else f.step, self._now(), rule=f.rule, message=f.message, evidence=f.evidence,
                            remedy=f.remedy, severity=f.severity))
 
     def _emit_preview(self) -> None:
