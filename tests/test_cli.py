@@ -102,6 +102,46 @@ def test_list_presets_names_each_builtin_with_a_description(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_preset_table_matches_each_presets_own_name_and_description() -> None:
+    from tuitrain.presets.registry import BUILTIN, TABLE
+
+    for name, (_, _, text) in TABLE.items():
+        assert (BUILTIN[name].name, BUILTIN[name].description) == (name, text)
+
+
+NO_TORCH = """
+import sys, time
+t0 = time.perf_counter()
+from tuitrain.tui.cli import main
+rc = main(sys.argv[1:])
+print(f"rc={rc} torch={'torch' in sys.modules} seconds={time.perf_counter() - t0:.2f}", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args, rc, needle", [
+    (["--list-presets"], 0, "circles     two noisy concentric rings"),
+    (["--preset", "cirles"], 2, "tuitrain: error: unknown preset 'cirles'; did you mean 'circles'? (known: circles,"),
+    (["--preset", "shapes_aug", "--headless"], 2, "did you mean 'shapes-aug'?"),
+    (["--preset", "nope"], 2, "tuitrain: error: unknown preset 'nope' (known: circles,"),
+    (["--resume", "no/such/run"], 2, "tuitrain: error: --resume: no such run directory or checkpoint: no/such/run"),
+])
+def test_answers_that_need_no_torch_come_without_importing_it(args: list[str], rc: int, needle: str,
+                                                               tmp_path: Path) -> None:
+    """--list-presets, a mistyped preset and a missing --resume path: a tenth of a second, not three."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    *lines, last = p.stderr.splitlines()
+    assert last.startswith(f"rc={rc} torch=False "), p.stderr
+    assert float(last.rsplit("=", 1)[1]) < 1.0  # importing torch alone takes seconds
+    assert needle in p.stdout + "\n".join(lines)
+    if rc:
+        assert len(lines) == 1 and p.stdout == ""  # one line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_circles_two_epochs_headless_writes_the_whole_run_directory(tmp_path: Path) -> None:
     R = tmp_path / "R"
     p = tuitrain("--preset", "circles", "--headless", "--epochs", "2", "--run-dir", R, cwd=tmp_path)

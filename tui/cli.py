@@ -159,6 +159,7 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if preset_spec is None and resume is None:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
 
+    _answer_without_torch(preset_spec, resume)
     run = _prepare(preset_spec, resume, args)
     run.for_watchers = background
     if detach:
@@ -173,13 +174,36 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
 
 
 def _list_presets() -> int:
-    from tuitrain.presets import BUILTIN
+    """From the registry's static table: no torch import, so it answers at once."""
+    from tuitrain.presets.registry import builtin_names, description
 
-    width = max(len(name) for name in BUILTIN)
-    for name, preset in BUILTIN.items():
-        print(f"{name:<{width}}  {preset.description}")
+    names = builtin_names()
+    width = max(len(name) for name in names)
+    for name in names:
+        print(f"{name:<{width}}  {description(name)}")
     print("\nYour own: tuitrain --preset ./my_experiment.py (or package.module:attr); see the README.")
     return EXIT_OK
+
+
+def _answer_without_torch(preset_spec: str | None, resume: str | None) -> None:
+    """The mistakes that need no torch to spot, answered before importing it (seconds).
+
+    A bare word that is not a built-in name can only be an unknown preset (the
+    loader imports nothing for it); a --resume path that does not exist cannot
+    be resumed.
+    """
+    from tuitrain.presets.registry import BUILTIN
+
+    if preset_spec is not None:
+        word = preset_spec.strip()
+        if word not in BUILTIN and not any(c in word for c in "./:") and not Path(word).exists():
+            from tuitrain.presets.loader import PresetError, load_preset
+            try:
+                load_preset(word)
+            except PresetError as exc:
+                raise UsageError(str(exc)) from None
+    if resume is not None and not Path(resume).exists():
+        raise UsageError(f"--resume: no such run directory or checkpoint: {Path(resume)}")
 
 
 def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
