@@ -56,6 +56,8 @@ class Tmux:
         env["PS1"] = "$ "
         self._tmux("new-session", "-d", "-s", self.session, "-x", "120", "-y", "40",
                    f"sh {shlex.quote(str(run_sh))}", env=env)
+        self.socket_path = Path(self.pane_flag("socket_path"))
+        """The server's socket file: kill-server leaves it behind in tmux's folder, kill() removes it."""
 
     def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
         out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30,
@@ -90,7 +92,18 @@ class Tmux:
         return self.wait_screen(lambda s: needle in s, repr(needle), timeout)
 
     def kill(self) -> None:
+        """End the server and remove its socket file (idempotent)."""
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        self.socket_path.unlink(missing_ok=True)
+
+
+def test_a_killed_tmux_server_leaves_no_socket_file_behind(tmp_path: Path) -> None:
+    tmux = Tmux(tmp_path, "exec sleep 60\n")
+    path = tmux.socket_path
+    assert path.name == tmux.socket and path.exists()
+    tmux.kill()
+    assert not path.exists()
+    tmux.kill()  # twice is fine
 
 
 def wait_file(path: Path, timeout: float, tmux: Tmux) -> str:
@@ -225,3 +238,21 @@ def test_signal_to_the_dashboard_saves_exits_128_plus_n_and_restores_the_termina
     after_stop = events[names.index("stopped"):]
     assert [e["step"] for e in after_stop if e["event"] == "checkpoint" and e["reason"] == "interrupt"] \
         == [summary["steps"]], names
+
+
+def test_quitting_the_dashboard_prints_the_final_lines_to_the_shell(tmp_path: Path) -> None:
+    """What headless prints at the end, after the alternate screen closed: status, best val, run dir."""
+    tmux = Tmux(tmp_path, script(tmp_path, "--preset", "circles", "--epochs", "2", "--run-dir", "R"))
+    try:
+        tmux.wait_text("FINISHED", START_DEADLINE)
+        tmux.keys("q")
+        assert wait_file(tmp_path / "exit", DEADLINE, tmux).strip() == "EXIT=0"
+        screen = tmux.wait_text("EXIT=0")
+        assert tmux.pane_flag("alternate_on") == "0"
+    finally:
+        tmux.kill()
+    lines = screen.splitlines()
+    end = lines.index("EXIT=0")
+    assert re.fullmatch(r"finished: 2 epochs, 250 steps in [\d.]+ s \([\d,]+ steps/s\) \| best val \d\.\d{4} "
+                        r"\(epoch \d\) \| val acc \d\.\d{4}", lines[end - 2]), screen
+    assert lines[end - 1] == "run dir: R"

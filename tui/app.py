@@ -9,6 +9,7 @@ their data changed, at most once a second.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -415,9 +416,27 @@ def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.E
             os._exit(finalize(code))
 
 
+def _print_final(ended: list[Any], metric: str, relay: "SignalRelay") -> None:
+    """After the alternate screen closed: what headless prints at the end (status, best val, run dir).
+
+    Not after SIGHUP: there is no terminal to print to.
+    """
+    if not ended or relay.received == getattr(signal, "SIGHUP", None):
+        return
+    from tuitrain.tui.headless import final_lines
+
+    for text, err in final_lines(ended[-1], metric):
+        try:
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
+        except (OSError, ValueError):
+            return
+
+
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     """Build the trainer, run the dashboard until the user quits, return the exit status."""
-    trainer = run.start(relay, boundary=True)  # the grids are for live viewers: headless skips them
+    ended: list[Any] = []  # the RunEnded event, printed to the shell once the dashboard is gone
+    trainer = run.start(relay, boundary=True,  # the grids are for live viewers: headless skips them
+                        listeners=[lambda e: ended.append(e) if type(e).__name__ == "RunEnded" else None])
     if isinstance(trainer, int):
         return trainer
     app = TuitrainApp(trainer)
@@ -445,6 +464,7 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
             # stop the run so that it saves, and wait for it.
             trainer.commands.put(Stop(reason="the dashboard closed"))
             app.engine_done.wait(timeout=120)
+    _print_final(ended, trainer.preset.metric_name, relay)
     if app.exit_code is not None:
         return finalize(app.exit_code)
     if relay.received is not None:
