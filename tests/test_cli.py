@@ -348,3 +348,28 @@ def test_closed_stdout_pipe_does_not_stop_training(tmp_path: Path) -> None:
     assert (summary["status"], summary["steps"]) == ("finished", 3 * CIRCLES_STEPS_PER_EPOCH)
     assert len(read_json(R / "history.json")) == 3
 
+
+
+# -- --threads on a busy machine ----------------------------------------------------------
+
+def test_threads_above_the_idle_cores_warns_with_a_number_that_fits() -> None:
+    from tuitrain.tui.cli import threads_warning
+
+    text = threads_warning(2, idle=lambda: 0.3)
+    assert text is not None and text.startswith("--threads 2, but only about 0.3 of ")
+    assert text.endswith("try --threads 1")
+    assert threads_warning(4, idle=lambda: 2.2).endswith("try --threads 2")
+    assert threads_warning(2, idle=lambda: 1.8) is None  # two cores nearly idle: fine
+    assert threads_warning(1, idle=lambda: 0.0) is None and threads_warning(None, idle=lambda: 0.0) is None
+
+
+def test_a_run_with_more_threads_than_cores_says_so_once_on_stderr(tmp_path: Path) -> None:
+    import os
+
+    n = (os.cpu_count() or 1) + 1  # never that many idle cores
+    p = tuitrain("--preset", "circles", "--headless", "--threads", str(n), "--max-steps", "5",
+                 "--run-dir", tmp_path / "R", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "--threads" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"tuitrain: warning: --threads {n}, but only about ")
+    assert "idle" in tuitrain("--help", cwd=tmp_path).stdout

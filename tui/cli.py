@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 # Imported up front (standard library only): the signal handler must not
 # import anything, since it can run in the middle of another import.
@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patience", type=_integer, help="early stopping after N epochs without improvement (0: off)")
     o.add_argument("--max-steps", type=_integer, help="stop after this many optimizer steps")
     o.add_argument("--on-nan", choices=ON_NAN, help="what a non-finite loss does (default stop)")
-    o.add_argument("--threads", type=_integer, help="CPU threads for torch (default: 1 for small models)")
+    o.add_argument("--threads", type=_integer,
+                   help="CPU threads for torch (default: 1 for small models); more threads than idle cores "
+                        "make every step wait for busy ones (several times slower), so tuitrain warns")
     o.add_argument("--num-workers", type=_integer, help="DataLoader workers for non-tensor datasets")
     return p
 
@@ -162,6 +164,9 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     _answer_without_torch(preset_spec, resume)
     run = _prepare(preset_spec, resume, args)
     run.for_watchers = background
+    warning = threads_warning(run.cfg.threads)
+    if warning:
+        print(f"tuitrain: warning: {warning}", file=sys.stderr)
     if detach:
         from tuitrain.tui.detach import start_detached
         return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
@@ -183,6 +188,30 @@ def _list_presets() -> int:
         print(f"{name:<{width}}  {description(name)}")
     print("\nYour own: tuitrain --preset ./my_experiment.py (or package.module:attr); see the README.")
     return EXIT_OK
+
+
+def idle_cores(sample_seconds: float = 0.2) -> float:
+    """Cores not busy right now (psutil, over a short sample): the cores other processes leave us."""
+    import psutil
+
+    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    return sum(max(0.0, 100.0 - b) for b in busy) / 100.0
+
+
+def threads_warning(threads: int | None, idle: Callable[[], float] = idle_cores) -> str | None:
+    """A warning when --threads asks for more torch threads than there are idle cores, else None.
+
+    On a busy machine each step waits for its slowest thread: 2 threads on a 2-core box
+    with another job running trained 8x slower than 1 thread.
+    """
+    if threads is None or threads <= 1:
+        return None
+    free = idle()
+    if threads <= free + 0.5:
+        return None
+    return (f"--threads {threads}, but only about {free:.1f} of {os.cpu_count() or '?'} CPU cores are idle: "
+            f"each step waits for threads that wait for a busy core, which can be several times slower; "
+            f"try --threads {max(1, int(free + 0.5))}")
 
 
 def _answer_without_torch(preset_spec: str | None, resume: str | None) -> None:
