@@ -22,7 +22,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import schedules
-from .batching import Batches, make_batches
+from .batching import Batches, check_data, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
 from .config import ConfigError, RunConfig
@@ -148,6 +148,12 @@ class _ExactSum:
         return math.fsum(self.partials)
 
 
+def _where(fn: Any) -> str:
+    """A function's file and line, to point at a mistake in the user's preset file."""
+    code = getattr(fn, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else repr(fn)
+
+
 class Trainer:
     """Builds a run from a config and a preset; `run()` trains it.
 
@@ -174,6 +180,11 @@ class Trainer:
 
         seed_everything(cfg.seed)
         data = preset.make_data(cfg.seed)
+        try:
+            check_data(data, self.classification)
+        except ValueError as exc:
+            text = str(exc) if str(exc).startswith("make_data") else f"make_data(seed): {exc}"
+            raise ConfigError(f"{_where(preset.make_data)}: {text} (preset {preset.name!r})") from None
         try:
             self.train_batches: Batches = make_batches(
                 data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
