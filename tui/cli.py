@@ -137,6 +137,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + exc.signum
     finally:
         relay.restore()
+        _flush_or_drop_stdio()
+
+
+def _flush_or_drop_stdio() -> None:
+    """Flush stdout and stderr now; if the terminal is gone, point them at /dev/null.
+
+    Otherwise Python's own flush at exit fails on the dead terminal and turns the
+    exit status into 120, hiding the 129 a hangup ends with.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError, AttributeError):
+                pass
 
 
 def _main(argv: list[str], relay: "SignalRelay") -> int:
@@ -446,9 +465,12 @@ class Interrupted(BaseException):
 class SignalRelay:
     """Turns SIGINT/SIGTERM/SIGHUP into a Stop command (checkpoint, then exit 128+N).
 
-    Before a trainer is attached, a signal raises Interrupted. A second signal
-    of the same kind kills the process at once. A signal the parent set to be
-    ignored (nohup ignores SIGHUP) stays ignored.
+    Before a trainer is attached, a signal raises Interrupted. A second SIGINT
+    or SIGTERM kills the process at once (Ctrl-C twice); a second SIGHUP does
+    not: one dropped connection often delivers several (the shell, the wrapper,
+    the kernel), and the save in progress must finish. A signal the parent set
+    to be ignored (nohup ignores SIGHUP) stays ignored; a terminal that went
+    away counts as SIGHUP all the same (`terminal_lost`, from the dashboard).
     """
 
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
@@ -476,6 +498,8 @@ class SignalRelay:
         if self.commands is None:
             self.received = signum
             raise Interrupted(signum)
+        if signum == getattr(signal, "SIGHUP", None) and self.received is not None:
+            return  # the same hangup again, or one after another stop: the stop under way saves
         if self.received == signum:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -486,6 +510,12 @@ class SignalRelay:
             self.commands.put(Stop(reason="detached on SIGHUP (the terminal closed)", signal=signum))
             return
         self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
+
+    def terminal_lost(self) -> None:
+        """The terminal went away without a SIGHUP reaching us (a wrapper caught or ignored it): a hangup."""
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and self.received is None and self.commands is not None:
+            self._handle(hup, None)
 
     def attach(self, commands: Any) -> None:
         """From now on a signal stops the run; one that came during set-up ends it before training."""
