@@ -109,6 +109,45 @@ def make_batches(split: object, batch_size: int, device: torch.device, seed: int
                     f"got {type(split).__name__}")
 
 
+def check_data(data: object, classification: bool) -> None:
+    """Check make_data's result once, before training, in the user's terms (a ValueError).
+
+    What would otherwise surface deep in the loop as an AttributeError or a torch
+    dtype error: a result that is not Data, a split that is not (inputs, targets),
+    inputs and targets of different lengths, class labels that are not integers
+    (for tensor splits; a Dataset's items are read only by the DataLoader).
+    """
+    if not (hasattr(data, "train") and hasattr(data, "val")):
+        raise ValueError(f"make_data(seed) returned a {type(data).__name__}, not tuitrain.presets.Data: "
+                         "return Data(train=(inputs, targets), val=(inputs, targets))")
+    for name in ("train", "val"):
+        _check_split(getattr(data, name), name, classification)
+
+
+def _check_split(split: object, name: str, classification: bool) -> None:
+    if isinstance(split, TensorDataset) and len(split.tensors) == 2:
+        split = split.tensors
+    if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
+        x, y = split
+        if x.dim() == 0 or y.dim() == 0:
+            raise ValueError(f"the {name} split's {'inputs' if x.dim() == 0 else 'targets'} are a single number: "
+                             "give one row per sample (shape [N, ...])")
+        if len(x) != len(y):
+            raise ValueError(f"the {name} split has {len(x)} inputs but {len(y)} targets: one target per input")
+        target = y
+    elif isinstance(split, Dataset) and hasattr(split, "__len__"):
+        return  # its items are the user's code, read by the DataLoader (not here: no extra calls into it)
+    else:
+        raise ValueError(f"the {name} split must be a pair of tensors (inputs, targets) or a map-style torch "
+                         f"Dataset, got {type(split).__name__}"
+                         + (f" of {len(split)} items" if isinstance(split, (tuple, list)) else ""))
+    if classification:
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            shown = str(target.dtype).removeprefix("torch.")
+            raise ValueError(f"the {name} split's targets are {shown}, but classification needs integer class "
+                             "indices (int64): use y.long(), or TASK = 'regression' for numeric targets")
+
+
 def nonfinite_data(batches: object, split: str = "training") -> str | None:
     """'the training inputs hold 2 non-finite values (1 NaN, 1 Inf)', or None.
 

@@ -34,6 +34,8 @@ KEYS = frozenset({
     "scaler_state_dict", "epoch", "step", "batch_in_epoch", "lr_multiplier", "best_val_loss",
     "best_epoch", "early_stop_counter", "epoch_totals", "rng", "config", "preset",
 })
+#: Keys a checkpoint may lack (an older tuitrain did not write them).
+OPTIONAL_KEYS = frozenset({"diagnosis"})
 
 
 class CheckpointError(Exception):
@@ -224,11 +226,13 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not a tuitrain checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{p} has checkpoint version {state.get('version')!r}; this tuitrain reads {VERSION}")
-    keys = set(state)
+    keys = set(state) - (OPTIONAL_KEYS & set(state))
     if keys != KEYS:
         extra, missing = sorted(keys - KEYS), sorted(KEYS - keys)
         detail = "; ".join(s for s in (extra and f"unexpected keys {extra}", missing and f"missing keys {missing}") if s)
         raise CheckpointError(f"{p} does not match the checkpoint format: {detail}")
+    if "diagnosis" in state and not isinstance(state["diagnosis"], dict):
+        raise CheckpointError(f"{p} does not match the checkpoint format: 'diagnosis' is not a dict")
     return state
 
 

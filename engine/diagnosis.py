@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, Sequence
 
 __all__ = [
     "Diagnostician", "EpochPoint", "Finding", "Window",
@@ -172,6 +172,9 @@ class Finding:
     remedy: str
     severity: str = "warning"
     """'warning' or 'info'."""
+    step: int | None = None
+    """The optimizer step the pattern was judged at (set by the Diagnostician): it depends on
+    the run alone, not on when a flush came, so a resumed run's hints match a never-stopped one's."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ def nan_rule(step: int, action: str, what: str = "training loss",
             " (--on-nan skip)"
     else:
         done = "the run stopped (--on-nan stop)"
-    return Finding("nan", f"{what[:1].upper()}{what[1:]} became NaN/Inf at step {step}", done, _NAN_REMEDY)
+    return Finding("nan", f"{what[:1].upper()}{what[1:]} became NaN/Inf at step {step}", done, _NAN_REMEDY,
+                   step=step)
 
 
 class _Start(NamedTuple):
@@ -279,7 +283,9 @@ def lr_too_high(windows: Sequence[Window], nonfinite_step: int | None = None) ->
     is ending and the finite losses before the NaN are all the evidence there is.
     """
     k = HIGH_RECENT if nonfinite_step is None else 1
-    if len(windows) < 1 + k or not _positive(windows):
+    # Every test compares with the run's start: without step 1 (a run resumed from a
+    # checkpoint that carried no diagnosis state) there is no start to compare with.
+    if len(windows) < 1 + k or windows[0].first_step > 1 or not _positive(windows):
         return None
     start = _start(windows)
     first, typical, early = start.first, start.typical, start.early
@@ -476,6 +482,20 @@ def input_bound(waits: Sequence[float], gpu_util: float | None = None, device_ty
 
 
 # -- the stateful part -----------------------------------------------------------------
+STATE_VERSION = 1
+"""Of Diagnostician.state_dict(), saved in checkpoints as `diagnosis`."""
+
+
+def _at(findings: list[Finding], step: int) -> list[Finding]:
+    """The findings, marked with the step they were judged at."""
+    return [f if f.step is not None else replace(f, step=step) for f in findings]
+
+
+def _window(values: Sequence[Any]) -> Window:
+    first, last, mean, lo, hi, count = values
+    return Window(int(first), int(last), float(mean), float(lo), float(hi), int(count))
+
+
 class _Gate:
     """De-duplication with hysteresis for one rule.
 
@@ -655,7 +675,7 @@ class Diagnostician:
         r = self._gates["lr_too_low"].update(low, ticks)
         if r is not None:
             out.append(r)
-        return out
+        return _at(out, nonfinite_step if nonfinite_step is not None else wins[-1].last_step)
 
     def _check_wait(self, wait: float, gpu_util: float | None) -> list[Finding]:
         self._waits.append(wait)
@@ -667,7 +687,7 @@ class Diagnostician:
             gate.quiet = 0  # between the clear and the fire level: still holding
             return []
         r = gate.update(found)
-        return [r] if r is not None else []
+        return _at([r], self._last_step) if r is not None else []
 
     def observe_nonfinite(self, step: int, action: str, what: str = "training loss",
                           rolled_back_to: int | None = None, count: int = 1) -> Finding:
@@ -712,13 +732,65 @@ class Diagnostician:
         r = self._gates["underfitting"].update(under)
         if r is not None:
             out.append(r)
-        return out
+        return _at(out, step)
 
     def _initial_loss(self) -> float | None:
         """Mean loss over the run's first WINDOW_STEPS steps, if the run was seen from step 1."""
         if not self._head or self._head[0].first_step != 1:
             return None
         return _start(self._head).early
+
+    # -- checkpoints ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What the rules need to judge a resumed run as if it never stopped: the windows,
+        the evaluations, the gates. Plain numbers and lists (a checkpoint's `diagnosis`),
+        so it loads with torch.load(weights_only=True)."""
+        def win(w: Window) -> list[float]:
+            return [w.first_step, w.last_step, w.mean, w.min, w.max, w.count]
+
+        return {
+            "version": STATE_VERSION,
+            "head": [win(w) for w in self._head],
+            "recent": [win(w) for w in self._recent],
+            "partial": [self._p_first, self._p_last, self._p_sum, self._p_count, self._p_min, self._p_max],
+            "epochs": [[p.epoch, p.step, p.train_loss, p.val_loss] for p in self._epochs],
+            "waits": list(self._waits),
+            "wait_steps": list(self._wait_steps),
+            "last_step": self._last_step,
+            "closed": self._closed,
+            "gates": {name: [g.active, g.quiet, g.key] for name, g in self._gates.items()},
+        }
+
+    def load_state_dict(self, state: Any) -> None:
+        """Restore state_dict(); anything malformed is a ValueError and changes nothing."""
+        try:
+            if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+                raise ValueError("unknown version")
+            head = [_window(w) for w in state["head"]]
+            recent = [_window(w) for w in state["recent"]]
+            p_first, p_last, p_sum, p_count, p_min, p_max = state["partial"]
+            epochs = [EpochPoint(int(e), int(s), None if t is None else float(t), float(v))
+                      for e, s, t, v in state["epochs"]]
+            waits = [float(w) for w in state["waits"]]
+            wait_steps = [int(s) for s in state["wait_steps"]]
+            gates = {name: (bool(a), int(q), k if k is None else int(k))
+                     for name, (a, q, k) in state["gates"].items()}
+            last_step, closed = int(state["last_step"]), int(state["closed"])
+            if len(head) > HEAD_WINDOWS or set(gates) != set(self._gates) or len(waits) != len(wait_steps):
+                raise ValueError("wrong sizes")
+            partial = (int(p_first), int(p_last), float(p_sum), int(p_count), float(p_min), float(p_max))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed diagnosis state ({exc})") from None
+        self._head = head
+        self._recent = deque(recent, maxlen=RECENT_WINDOWS)
+        self._p_first, self._p_last, self._p_sum, self._p_count, self._p_min, self._p_max = partial
+        self._epochs = deque(epochs, maxlen=EPOCHS_KEPT)
+        self._waits = deque(waits, maxlen=WAITS_KEPT)
+        self._wait_steps = deque(wait_steps, maxlen=WAITS_KEPT)
+        self._last_step, self._closed = last_step, closed
+        for name, (active, quiet, key) in gates.items():
+            gate = self._gates[name]
+            gate.active, gate.quiet, gate.key = active, quiet, key
 
     # -- introspection (tests, memory bound) ----------------------------------------------
     def sizes(self) -> dict[str, int]:

@@ -86,6 +86,8 @@ class SystemSnapshot:
     """Why there are no GPUs, in words; None when GPUs are listed."""
     torch_cuda: tuple[TorchCudaMemory, ...]
     """Empty unless this process has already initialized CUDA through torch."""
+    process_label: str = "process"
+    """Whose RSS process_rss_bytes is: 'process' (this one) or 'run (pid N)' (a watched run's)."""
 
 
 # -- NVML ---------------------------------------------------------------------------
@@ -229,7 +231,8 @@ class SystemSampler:
     is kept in `last_error` for debugging.
     """
 
-    def __init__(self, interval: float = 1.0, nvml: Nvml | None = None) -> None:
+    def __init__(self, interval: float = 1.0, nvml: Nvml | None = None, pid: int | None = None) -> None:
+        """`pid`: the process whose RSS to report (a watched run's, from run.pid); default this one."""
         if not interval > 0:
             raise ValueError(f"interval must be > 0, got {interval!r}")
         self.interval = float(interval)
@@ -242,6 +245,7 @@ class SystemSampler:
         self._nvml_state: tuple[bool, str | None] | None = None  # init() result, tried once
         self._cpu_primed = False
         self._process: psutil.Process | None = None
+        self.pid = pid
 
     # lifecycle
 
@@ -302,7 +306,8 @@ class SystemSampler:
             torch_cuda = self._sample_torch_cuda()
             snap = SystemSnapshot(t=time.time(), cpu_percent=_num(cpu), ram_used_bytes=_num(ram_used),
                                   ram_total_bytes=_num(ram_total), process_rss_bytes=_num(rss),
-                                  gpus=gpus, gpu_note=note, torch_cuda=torch_cuda)
+                                  gpus=gpus, gpu_note=note, torch_cuda=torch_cuda,
+                                  process_label="process" if self.pid is None else f"run (pid {self.pid})")
             self._latest = snap
             return snap
 
@@ -313,7 +318,7 @@ class SystemSampler:
 
     def _get_process(self) -> psutil.Process:
         if self._process is None:
-            self._process = psutil.Process()
+            self._process = psutil.Process(self.pid)  # None: this process
         return self._process
 
     def _field(self, fn: Callable[[], T]) -> T | None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from . import checkpoint as ckpt
 from . import schedules
-from .batching import Batches, make_batches
+from .batching import Batches, check_data, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
 from .config import ConfigError, RunConfig
@@ -148,6 +148,12 @@ class _ExactSum:
         return math.fsum(self.partials)
 
 
+def _where(fn: Any) -> str:
+    """A function's file and line, to point at a mistake in the user's preset file."""
+    code = getattr(fn, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else repr(fn)
+
+
 class Trainer:
     """Builds a run from a config and a preset; `run()` trains it.
 
@@ -174,6 +180,11 @@ class Trainer:
 
         seed_everything(cfg.seed)
         data = preset.make_data(cfg.seed)
+        try:
+            check_data(data, self.classification)
+        except ValueError as exc:
+            text = str(exc) if str(exc).startswith("make_data") else f"make_data(seed): {exc}"
+            raise ConfigError(f"{_where(preset.make_data)}: {text} (preset {preset.name!r})") from None
         try:
             self.train_batches: Batches = make_batches(
                 data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
@@ -246,6 +257,7 @@ class Trainer:
         self._paused_at: float | None = None
         if resume is not None:
             self.load_state(resume)
+            self._load_diagnosis(resume)
 
     # -- setup helpers ---------------------------------------------------------
     def _set_threads(self) -> None:
@@ -292,7 +304,20 @@ class Trainer:
             "rng": capture_rng(),
             "config": self.cfg.to_dict(),
             "preset": self.preset.name,
+            # Optional: what the hints need to judge a resumed run as one never stopped.
+            **({"diagnosis": self._diag.state_dict()} if self._diag is not None else {}),
         }
+
+    def _load_diagnosis(self, state: dict[str, Any]) -> None:
+        """Resume the hints' windows where the checkpoint left them (only on resume: a NaN
+        roll-back keeps the windows it has). A checkpoint without them (an older tuitrain)
+        leaves the rules that compare with the run's start silent: that start is unknown."""
+        if self._diag is None or "diagnosis" not in state:
+            return
+        try:
+            self._diag.load_state_dict(state["diagnosis"])
+        except ValueError as exc:
+            raise ckpt.CheckpointError(f"the checkpoint's diagnosis is not readable: {exc}") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint into this run; a mismatch is a CheckpointError."""
@@ -413,7 +438,7 @@ class Trainer:
 
     def _emit_findings(self, findings: Iterable[Finding]) -> None:
         for f in findings:
-            self.emit(Hint(self.step, self._now(), rule=f.rule, message=f.message, evidence=f.evidence,
+            self.emit(Hint(self.step if f.step is None else f.step, self._now(), rule=f.rule, message=f.message, evidence=f.evidence,
                            remedy=f.remedy, severity=f.severity))
 
     def _emit_preview(self) -> None:

@@ -25,10 +25,12 @@ import sys
 import traceback
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import Preset
-from .registry import BUILTIN, builtin_names
+from .registry import BUILTIN, builtin_names, closest_name
+
+if TYPE_CHECKING:  # imported where used: a mistyped name is answered without importing torch
+    from .base import Preset
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = re.compile(rf"{_IDENT}(\.{_IDENT})*")
@@ -55,9 +57,10 @@ def load_preset(spec: str) -> Preset:
         raise PresetError(f"preset file must be a .py file: {spec}")
     if not sep and _MODULE_ONLY.fullmatch(spec):
         return _from_namespace(_import_module(spec), spec, default_name=spec.rsplit(".", 1)[-1])
+    near = closest_name(spec)
     raise PresetError(
-        f"unknown preset {spec!r} (known: {', '.join(builtin_names())}; "
-        "or a path to a .py file, or package.module:attr)"
+        f"unknown preset {spec!r}" + (f"; did you mean {near!r}?" if near else "") +
+        f" (known: {', '.join(builtin_names())}; or a path to a .py file, or package.module:attr)"
     )
 
 
@@ -124,6 +127,8 @@ def _import_module(name: str) -> ModuleType:
 
 
 def _load_module_attr(module_name: str, attr: str) -> Preset:
+    from .base import Preset
+
     module = _import_module(module_name)
     obj: Any = module
     for part in attr.split("."):
@@ -163,6 +168,8 @@ def _module_origin(name: str) -> Path | None:
 
 def _from_namespace(module: ModuleType, where: str, default_name: str) -> Preset:
     """PRESET if the module has one, else a Preset built from its make_* functions."""
+    from .base import Preset
+
     ns = vars(module)
     if "PRESET" in ns:
         preset = ns["PRESET"]

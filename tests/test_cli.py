@@ -102,6 +102,46 @@ def test_list_presets_names_each_builtin_with_a_description(tmp_path: Path) -> N
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_preset_table_matches_each_presets_own_name_and_description() -> None:
+    from tuitrain.presets.registry import BUILTIN, TABLE
+
+    for name, (_, _, text) in TABLE.items():
+        assert (BUILTIN[name].name, BUILTIN[name].description) == (name, text)
+
+
+NO_TORCH = """
+import sys, time
+t0 = time.perf_counter()
+from tuitrain.tui.cli import main
+rc = main(sys.argv[1:])
+print(f"rc={rc} torch={'torch' in sys.modules} seconds={time.perf_counter() - t0:.2f}", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args, rc, needle", [
+    (["--list-presets"], 0, "circles     two noisy concentric rings"),
+    (["--preset", "cirles"], 2, "tuitrain: error: unknown preset 'cirles'; did you mean 'circles'? (known: circles,"),
+    (["--preset", "shapes_aug", "--headless"], 2, "did you mean 'shapes-aug'?"),
+    (["--preset", "nope"], 2, "tuitrain: error: unknown preset 'nope' (known: circles,"),
+    (["--resume", "no/such/run"], 2, "tuitrain: error: --resume: no such run directory or checkpoint: no/such/run"),
+])
+def test_answers_that_need_no_torch_come_without_importing_it(args: list[str], rc: int, needle: str,
+                                                               tmp_path: Path) -> None:
+    """--list-presets, a mistyped preset and a missing --resume path: a tenth of a second, not three."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    *lines, last = p.stderr.splitlines()
+    assert last.startswith(f"rc={rc} torch=False "), p.stderr
+    assert float(last.rsplit("=", 1)[1]) < 1.0  # importing torch alone takes seconds
+    assert needle in p.stdout + "\n".join(lines)
+    if rc:
+        assert len(lines) == 1 and p.stdout == ""  # one line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_circles_two_epochs_headless_writes_the_whole_run_directory(tmp_path: Path) -> None:
     R = tmp_path / "R"
     p = tuitrain("--preset", "circles", "--headless", "--epochs", "2", "--run-dir", R, cwd=tmp_path)
@@ -308,3 +348,28 @@ def test_closed_stdout_pipe_does_not_stop_training(tmp_path: Path) -> None:
     assert (summary["status"], summary["steps"]) == ("finished", 3 * CIRCLES_STEPS_PER_EPOCH)
     assert len(read_json(R / "history.json")) == 3
 
+
+
+# -- --threads on a busy machine ----------------------------------------------------------
+
+def test_threads_above_the_idle_cores_warns_with_a_number_that_fits() -> None:
+    from tuitrain.tui.cli import threads_warning
+
+    text = threads_warning(2, idle=lambda: 0.3)
+    assert text is not None and text.startswith("--threads 2, but only about 0.3 of ")
+    assert text.endswith("try --threads 1")
+    assert threads_warning(4, idle=lambda: 2.2).endswith("try --threads 2")
+    assert threads_warning(2, idle=lambda: 1.8) is None  # two cores nearly idle: fine
+    assert threads_warning(1, idle=lambda: 0.0) is None and threads_warning(None, idle=lambda: 0.0) is None
+
+
+def test_a_run_with_more_threads_than_cores_says_so_once_on_stderr(tmp_path: Path) -> None:
+    import os
+
+    n = (os.cpu_count() or 1) + 1  # never that many idle cores
+    p = tuitrain("--preset", "circles", "--headless", "--threads", str(n), "--max-steps", "5",
+                 "--run-dir", tmp_path / "R", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    warnings = [line for line in p.stderr.splitlines() if "--threads" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"tuitrain: warning: --threads {n}, but only about ")
+    assert "idle" in tuitrain("--help", cwd=tmp_path).stdout

@@ -443,3 +443,75 @@ def test_newline_in_a_path_still_gives_one_line(here: Path, args: list[str]) -> 
 def test_bad_warmup_message_names_the_flag(here: Path) -> None:
     rc, _, err = in_process("--preset", "circles", "--warmup", "-1", "--run-dir", here / "R")
     assert_usage_error(rc, err, "--warmup")
+
+
+# -- a preset file's data, checked once at start --------------------------------------
+
+BAD_DATA = [
+    ("return (x, y), (x, y)",
+     "make_data(seed) returned a tuple, not tuitrain.presets.Data: return Data(train=(inputs, targets), "
+     "val=(inputs, targets))"),
+    ("return Data(train=(x, y.float()), val=(x, y))",
+     "make_data(seed): the train split's targets are float32, but classification needs integer class indices "
+     "(int64): use y.long(), or TASK = 'regression' for numeric targets"),
+    ("return Data(train=(x, y), val=(x, y[:20]))",
+     "make_data(seed): the val split has 64 inputs but 20 targets: one target per input"),
+    ("return Data(train=(x, y, y), val=(x, y))",
+     "make_data(seed): the train split must be a pair of tensors (inputs, targets) or a map-style torch Dataset, "
+     "got tuple of 3 items"),
+]
+
+
+@pytest.mark.parametrize("body, message", BAD_DATA, ids=["tuple", "float-labels", "lengths", "triple"])
+def test_a_preset_whose_data_is_wrong_gets_one_line_with_its_file_and_line(
+        here: Path, body: str, message: str) -> None:
+    path = write_preset(here, "mine.py", f"""
+        import torch
+        from torch import nn
+        from torch.utils.data import Dataset
+        from tuitrain.presets import Data
+
+        TASK = "classification"
+
+
+        class Pairs(Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                return torch.zeros(2)
+
+
+        def make_data(seed):
+            x = torch.randn(64, 2)
+            y = (x[:, 0] > 0).long()
+            {body}
+
+
+        def make_model():
+            return nn.Linear(2, 2)
+    """)
+    rc, _, err = in_process("--preset", path, "--headless", "--run-dir", here / "R")
+    assert_usage_error(rc, err, f"{path}:17: {message} (preset 'mine')")
+    assert sorted(p.name for p in here.iterdir()) == ["mine.py"]  # no run directory
+
+
+def test_float_targets_are_fine_for_regression(here: Path) -> None:
+    path = write_preset(here, "reg.py", """
+        import torch
+        from torch import nn
+        from tuitrain.presets import Data
+
+        TASK = "regression"
+
+
+        def make_data(seed):
+            x = torch.randn(64, 1)
+            return Data(train=(x, 2 * x), val=(x, 2 * x))
+
+
+        def make_model():
+            return nn.Linear(1, 1)
+    """)
+    rc, out, err = in_process("--preset", path, "--headless", "--max-steps", "3", "--run-dir", here / "R")
+    assert rc == 0, err

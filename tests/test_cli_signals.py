@@ -166,3 +166,50 @@ def test_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path) -> None:
     assert rc == 143, err
     assert "SIGHUP" not in out
     assert read_json(R / "summary.json")["reason"] == "received SIGTERM"
+
+
+def test_a_repeated_sighup_is_the_same_hangup_not_a_kill() -> None:
+    """One dropped connection can deliver SIGHUP more than once: one Stop, and the process lives on
+    to save (before: the second one killed it at once, leaving no summary and a stale socket)."""
+    import queue
+    import signal as sig
+
+    from tuitrain.tui.cli import SignalRelay
+
+    commands: queue.SimpleQueue = queue.SimpleQueue()
+    relay = SignalRelay()
+    relay.attach(commands)
+    relay._handle(sig.SIGHUP, None)
+    relay._handle(sig.SIGHUP, None)  # the old rule would os.kill() this very process here
+    relay.terminal_lost()  # and the terminal found gone afterwards: still the same hangup
+    stops = [commands.get_nowait() for _ in range(commands.qsize())]
+    assert len(stops) == 1 and stops[0].signal == sig.SIGHUP and relay.received == sig.SIGHUP
+
+
+def test_a_lost_terminal_is_a_hangup_even_without_sighup() -> None:
+    import queue
+    import signal as sig
+
+    from tuitrain.tui.cli import SignalRelay
+
+    commands: queue.SimpleQueue = queue.SimpleQueue()
+    relay = SignalRelay()
+    relay.attach(commands)
+    relay.terminal_lost()
+    stop = commands.get_nowait()
+    assert stop.signal == sig.SIGHUP and relay.received == sig.SIGHUP
+
+
+def test_output_to_a_dead_terminal_does_not_turn_the_exit_status_into_120(tmp_path) -> None:
+    """stdout gone (EIO on a hung-up terminal, here a closed pipe): main's exit status survives."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from tuitrain.tui.cli import main; "
+            "sys.stdout.write('still in the buffer'); sys.exit(main(['--lr', 'abc']))")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as on a terminal
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    p.stdout.close()  # the reader is gone: every write to stdout fails
+    assert p.wait(timeout=60) == 2

@@ -56,6 +56,8 @@ class Tmux:
         env["PS1"] = "$ "
         self._tmux("new-session", "-d", "-s", self.session, "-x", "120", "-y", "40",
                    f"sh {shlex.quote(str(run_sh))}", env=env)
+        self.socket_path = Path(self.pane_flag("socket_path"))
+        """The server's socket file: kill-server leaves it behind in tmux's folder, kill() removes it."""
 
     def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
         out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=30,
@@ -90,7 +92,18 @@ class Tmux:
         return self.wait_screen(lambda s: needle in s, repr(needle), timeout)
 
     def kill(self) -> None:
+        """End the server and remove its socket file (idempotent)."""
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        self.socket_path.unlink(missing_ok=True)
+
+
+def test_a_killed_tmux_server_leaves_no_socket_file_behind(tmp_path: Path) -> None:
+    tmux = Tmux(tmp_path, "exec sleep 60\n")
+    path = tmux.socket_path
+    assert path.name == tmux.socket and path.exists()
+    tmux.kill()
+    assert not path.exists()
+    tmux.kill()  # twice is fine
 
 
 def wait_file(path: Path, timeout: float, tmux: Tmux) -> str:
@@ -225,3 +238,62 @@ def test_signal_to_the_dashboard_saves_exits_128_plus_n_and_restores_the_termina
     after_stop = events[names.index("stopped"):]
     assert [e["step"] for e in after_stop if e["event"] == "checkpoint" and e["reason"] == "interrupt"] \
         == [summary["steps"]], names
+
+
+def test_quitting_the_dashboard_prints_the_final_lines_to_the_shell(tmp_path: Path) -> None:
+    """What headless prints at the end, after the alternate screen closed: status, best val, run dir."""
+    tmux = Tmux(tmp_path, script(tmp_path, "--preset", "circles", "--epochs", "2", "--run-dir", "R"))
+    try:
+        tmux.wait_text("FINISHED", START_DEADLINE)
+        tmux.keys("q")
+        assert wait_file(tmp_path / "exit", DEADLINE, tmux).strip() == "EXIT=0"
+        screen = tmux.wait_text("EXIT=0")
+        assert tmux.pane_flag("alternate_on") == "0"
+    finally:
+        tmux.kill()
+    lines = screen.splitlines()
+    end = lines.index("EXIT=0")
+    assert re.fullmatch(r"finished: 2 epochs, 250 steps in [\d.]+ s \([\d,]+ steps/s\) \| best val \d\.\d{4} "
+                        r"\(epoch \d\) \| val acc \d\.\d{4}", lines[end - 2]), screen
+    assert lines[end - 1] == "run dir: R"
+
+
+#: Hangups per wrapper in the default run; TUITRAIN_SLOW=1 repeats more.
+HANGUPS = 6 if os.environ.get("TUITRAIN_SLOW") else 1
+
+
+@pytest.mark.parametrize("trap", ["ignore", "catch"])
+@pytest.mark.parametrize("trial", range(HANGUPS))
+def test_a_dropped_terminal_under_a_wrapper_saves_and_exits_129_within_2_s(
+        tmp_path: Path, trap: str, trial: int) -> None:
+    """The pane closes under a wrapper that survives it and records the child's exit status.
+
+    'ignore' (trap '' HUP): the dashboard inherits SIGHUP ignored and gets no signal at all,
+    only a terminal that hung up. 'catch': SIGHUP reaches it, maybe more than once.
+    """
+    R = tmp_path / "R"
+    handler = "''" if trap == "ignore" else "'echo hup >> wrapper.log'"
+    command = " ".join(shlex.quote(a) for a in (str(TUITRAIN), "--preset", "circles", "--epochs", "400",
+                                                "--run-dir", "R"))
+    wrapper = f"trap {handler} HUP; {command}; echo $? > status.tmp && mv status.tmp status"
+    tmux = Tmux(tmp_path, f"cd {shlex.quote(str(tmp_path))}\nexec bash -c {shlex.quote(wrapper)}\n")
+    try:
+        tmux.wait_text("RUNNING", START_DEADLINE)
+        tmux.wait_screen(lambda s: re.search(r"total [1-9][\d,]*/", s), "steps on screen")
+    finally:
+        hangup = time.monotonic()
+        tmux.kill()  # the terminal goes away: tmux closes the pane's pty
+    status = tmp_path / "status"
+    deadline = hangup + DEADLINE
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait-ok: poll interval inside a condition wait with a deadline
+    took = time.monotonic() - hangup
+    assert status.exists(), f"the dashboard never ended; output: {(R / 'output.log').exists()}"
+    assert status.read_text().strip() == "129"
+    print(f"took {took:.2f} s")
+    assert took < 2.0, f"{took:.2f} s from the hangup to the exit"
+    summary = json.loads((R / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == int(signal.SIGHUP)
+    latest = torch.load(R / "checkpoints" / "latest.pt", map_location="cpu", weights_only=True)
+    assert latest["step"] == summary["steps"] > 0
+    assert not (R / "control.sock").exists()

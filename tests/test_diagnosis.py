@@ -115,9 +115,10 @@ def test_module_imports_neither_torch_nor_textual() -> None:
 
 def test_a_finding_becomes_a_hint_event_field_for_field() -> None:
     f = nan_rule(42, "stop")
-    hint = Hint(step=42, t=1.0, **dataclasses.asdict(f))
+    hint = Hint(t=1.0, **dataclasses.asdict(f))  # the step the finding was judged at is the hint's step
     line = hint.to_dict()
     assert line["event"] == "hint" and line["rule"] == "nan" and line["evidence"] == f.evidence
+    assert line["step"] == 42
 
 
 # -- nan ---------------------------------------------------------------------------------
@@ -521,3 +522,38 @@ def test_input_bound_hint_once_then_again_only_after_it_cleared() -> None:
 def test_observe_steps_rejects_mismatched_lists() -> None:
     with pytest.raises(ValueError):
         Diagnostician().observe_steps([1, 2], [0.5])
+
+
+def test_a_diagnostician_restored_from_its_state_continues_as_if_never_stopped() -> None:
+    """The state a checkpoint carries: windows, evaluations and gates, plain data only."""
+    import json
+
+    losses = slow_descent(800) + noisy_flat(400, 2.0, noise=0.3) + decaying(600, start=2.0, end=0.1)
+    whole = [(f.rule, f.step, f.evidence) for _, f in feed(Diagnostician(), losses, chunk=40)]
+    assert [(r, step) for r, step, _ in whole] == [("lr_too_low", 326), ("lr_too_high", 876)]
+    for cut in (13, 420, 801, 1010):
+        first = Diagnostician()
+        got = [(f.rule, f.step, f.evidence) for _, f in feed(first, losses[:cut], chunk=40)]
+        state = json.loads(json.dumps(first.state_dict()))  # plain numbers, lists and dicts
+        second = Diagnostician()
+        second.load_state_dict(state)
+        got += [(f.rule, f.step, f.evidence) for _, f in feed(second, losses[cut:], chunk=40, first_step=cut + 1)]
+        assert got == whole, cut
+
+
+def test_a_malformed_diagnostician_state_is_a_value_error_and_changes_nothing() -> None:
+    diag = Diagnostician()
+    feed(diag, decaying(300))
+    before = diag.windows()
+    for bad in (None, {}, {"version": 99}, {**diag.state_dict(), "head": [[1, 2]]},
+                {**diag.state_dict(), "gates": {}}):
+        with pytest.raises(ValueError, match="malformed diagnosis state"):
+            diag.load_state_dict(bad)
+    assert diag.windows() == before
+
+
+def test_lr_too_high_not_judged_when_the_windows_do_not_start_at_step_1() -> None:
+    # Resumed from a checkpoint without diagnosis state: a converged run's noise is no explosion.
+    losses = noisy_flat(50, 0.02) + noisy_flat(150, 0.04, seed=1)  # a converged run's noise, rescaled
+    assert lr_too_high(windows_of(losses)) is not None  # the same windows from step 1 would fire
+    assert lr_too_high(windows_of(losses, first_step=3098)) is None

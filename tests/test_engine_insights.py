@@ -212,3 +212,89 @@ def test_an_epoch_end_draws_one_frame_not_two(run_dir: Path, monkeypatch: pytest
     r = run_with(make_cfg(epochs=3), classifier_preset(), run_dir, boundary=True)  # flushes only at epoch ends
     kinds = [g.epoch_end for g in r.of(ev.BoundaryGrid)]
     assert kinds == [False, True, True, True]  # the start, then each epoch's evaluated frame
+
+
+# -- hints after a resume ----------------------------------------------------------------
+
+def _preset_cfg(name: str, **overrides: Any) -> tuple[Preset, Any]:
+    from tuitrain.engine.config import RunConfig
+    from tuitrain.presets import load_preset
+
+    preset = load_preset(name)
+    return preset, RunConfig(preset=name, **{**preset.defaults, "device": "cpu", "seed": 0,
+                                             "log_interval": 1000.0, **overrides})
+
+
+def _hints(run_dir: Path) -> list[tuple[str, int]]:
+    """(rule, step) of every hint in metrics.jsonl, in order."""
+    from tuitrain.engine.rundir import read_metrics
+
+    return [(r["rule"], r["step"]) for r in read_metrics(run_dir / "metrics.jsonl") if r.get("event") == "hint"]
+
+
+def _stopped_and_resumed(name: str, stops: list[int], run_dir: Path, *, keep_diagnosis: bool = True,
+                         **overrides: Any) -> list[Run]:
+    """The same run stopped at each of `stops` (--max-steps) and resumed in place each time."""
+    from tuitrain.engine import checkpoint as ckpt
+
+    preset, state, runs = None, None, []
+    for limit in [*stops, None]:
+        preset, cfg = _preset_cfg(name, max_steps=limit, **overrides)
+        runs.append(run_with(cfg, preset, run_dir, resume=state))
+        state = ckpt.load(run_dir / "checkpoints" / "latest.pt")
+        if not keep_diagnosis:
+            state.pop("diagnosis")  # what a tuitrain before the key wrote
+    return runs
+
+
+@pytest.mark.parametrize("name, stops, overrides", [
+    # The bug: every resumed circles run got false "LR too high" hints; the run never stopped gets none.
+    ("circles", [300, 700, 1100], {"epochs": 12}),
+    # The epoch rules too: overfitting is found at the same epoch, through two stops before it.
+    ("overfit", [25, 125], {}),
+])
+def test_a_resumed_run_gets_exactly_the_hints_of_the_run_never_stopped(
+        name: str, stops: list[int], overrides: dict[str, Any], tmp_path: Path) -> None:
+    preset, cfg = _preset_cfg(name, **overrides)
+    full = run_with(cfg, preset, tmp_path / "full")
+    parts = _stopped_and_resumed(name, stops, tmp_path / "part", **overrides)
+    assert [p.result.summary["steps"] for p in parts[:-1]] == stops
+    assert parts[-1].result.summary["steps"] == full.result.summary["steps"]
+    expected = [(h.rule, h.step) for h in full.of(ev.Hint)]
+    assert expected == (_hints(tmp_path / "full"))
+    assert [(h.rule, h.step) for p in parts for h in p.of(ev.Hint)] == expected
+    assert _hints(tmp_path / "part") == expected
+    if name == "overfit":
+        assert expected == [("overfitting", 140)]  # the control: there is a hint to get right
+
+
+def test_a_checkpoint_without_diagnosis_state_resumes_without_false_lr_hints(tmp_path: Path) -> None:
+    """An older tuitrain's checkpoint: it loads, and the rules that need the run's start stay silent."""
+    parts = _stopped_and_resumed("circles", [300, 700], tmp_path / "part", keep_diagnosis=False, epochs=8)
+    assert parts[-1].result.status == "finished"
+    assert [h.rule for p in parts for h in p.of(ev.Hint) if h.rule.startswith("lr_")] == []
+
+
+def test_the_diagnosis_state_in_a_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    preset, cfg = _preset_cfg("circles", max_steps=60)
+    run_with(cfg, preset, tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    diag = state["diagnosis"]
+    assert diag["version"] == 1 and diag["last_step"] == 60 and len(diag["head"]) == 3
+
+
+def test_a_malformed_diagnosis_state_is_refused_in_one_line(tmp_path: Path) -> None:
+    from tuitrain.engine import checkpoint as ckpt
+
+    preset, cfg = _preset_cfg("circles", max_steps=60)
+    run_with(cfg, preset, tmp_path / "run")
+    path = tmp_path / "run" / "checkpoints" / "latest.pt"
+    state = ckpt.load(path)
+    state["diagnosis"]["head"] = [["x"]]
+    with pytest.raises(ckpt.CheckpointError, match="diagnosis") as info:
+        Trainer(cfg.replace(max_steps=120), preset, tmp_path / "run", resume=state)
+    assert "\n" not in str(info.value)
+    state["diagnosis"] = 3
+    ckpt.save(state, path)
+    with pytest.raises(ckpt.CheckpointError, match="'diagnosis' is not a dict"):
+        ckpt.load(path)

@@ -299,3 +299,58 @@ def test_watching_two_runs_overlays_them_read_only(tmp_path: Path) -> None:
             await until(pilot, lambda: not app.is_running, "the watcher to exit")
 
     run_async(body)
+
+
+def test_watch_progress_shows_the_runs_step_in_its_epoch_across_reads(tmp_path: Path) -> None:
+    """The file read in many pieces (as a live run's is): each piece still knows the run's 125 steps/epoch."""
+    from tuitrain.engine.events import StepStats
+    from tuitrain.tui.remote_run import RemoteRun
+    from tuitrain.tui.state import DashboardState
+
+    R = tmp_path / "R"
+    p = tuitrain("--preset", "circles", "--headless", "--max-steps", "300", "--run-dir", R, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    remote, state = RemoteRun(R, chunk_bytes=2048), DashboardState()
+    remote.first_frame.set()
+    reader = threading.Thread(target=remote.run, daemon=True)
+    reader.start()
+    seen: list[tuple[int, int, int]] = []
+
+    def caught_up() -> bool:
+        for e in remote.events.drain():
+            state.apply_all([e])
+            if isinstance(e, StepStats):
+                seen.append((e.step, e.epoch_step, e.steps_per_epoch))
+        return state.status == "FINISHED"
+
+    wait_until(caught_up, DEADLINE, "the replay to finish")
+    remote.close()
+    assert len(seen) > 3  # several reads
+    assert all(spe == 125 and step - 125 * ((step - 1) // 125) == epoch_step for step, epoch_step, spe in seen)
+    assert (state.step, state.epoch_step, state.steps_per_epoch) == (300, 50, 125)  # "step 50/125 · total 300"
+
+
+def test_the_system_panel_of_a_watcher_reports_the_runs_memory_not_its_own(tmp_path: Path) -> None:
+    import psutil
+
+    from tuitrain.engine.system import SystemSampler
+    from tuitrain.tui.watch import live_pid
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(64 << 20); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        other = psutil.Process(child.pid)
+        wait_until(lambda: other.memory_info().rss > 60 << 20, DEADLINE, "the child's 64 MB")
+        snap = SystemSampler(pid=child.pid).sample_now()
+        assert snap.process_label == f"run (pid {child.pid})"
+        theirs, ours = other.memory_info().rss, psutil.Process().memory_info().rss
+        assert abs(theirs - ours) > 16 << 20  # the test can tell them apart
+        assert abs(snap.process_rss_bytes - theirs) < 8 << 20
+        assert SystemSampler().sample_now().process_label == "process"
+    finally:
+        child.kill()
+        child.wait()
+    R = tmp_path / "R"
+    R.mkdir()
+    (R / "run.pid").write_text(json.dumps({"pid": os.getpid()}))
+    assert live_pid(R) is None  # not live (no socket): that pid may be anyone's by now

@@ -9,6 +9,7 @@ their data changed, at most once a second.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -457,28 +458,86 @@ SWITCH_INTERVAL = 0.02
 #: Seconds Textual gets to restore the terminal and return once the run is over
 #: and an exit was asked for, before the process exits on its own.
 EXIT_GRACE = 5.0
+#: Seconds between looks at the terminal (is it still there?). Once it is gone there is
+#: nothing to restore: the saved run ends the process at once (a dropped connection must
+#: end it within 2 s).
+TERMINAL_CHECK = 0.1
+
+
+def terminal_gone(fds: Iterable[int]) -> bool:
+    """Has the terminal on any of these descriptors (terminals at the start) hung up?
+
+    poll() with no events asked still reports POLLHUP/POLLERR/POLLNVAL, and reads nothing,
+    so Textual's input thread is not disturbed. (Not isatty() now: on a hung-up
+    terminal it may fail and call it 'not a terminal'.)
+    """
+    import select
+
+    watched = list(fds)
+    if not watched:
+        return False
+    poller = select.poll()
+    for fd in watched:
+        poller.register(fd, 0)
+    bad = select.POLLHUP | select.POLLERR | select.POLLNVAL
+    return any(mask & bad for _, mask in poller.poll(0))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _watch_terminal(relay: "SignalRelay", returned: threading.Event, fds: tuple[int, ...]) -> None:
+    """A terminal that went away is a hangup, even when no SIGHUP reaches us (a wrapper that
+    catches or ignores it, as supervisors and `bash -c 'trap "" HUP; ...'` do)."""
+    while not returned.wait(TERMINAL_CHECK):
+        if terminal_gone(fds):
+            relay.terminal_lost()
+            return
 
 
 def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.Event,
-                   finalize: Callable[[int], int]) -> None:
+                   finalize: Callable[[int], int], ttys: tuple[int, ...] = ()) -> None:
     """Make sure a finished, saved run always ends the process.
 
     When the terminal is gone (SIGHUP: the SSH connection dropped), Textual can
     block for ever writing to it while shutting down. The checkpoint is on disk
-    by then, so after a grace period the process exits with the right status.
+    by then, so after a grace period the process exits with the right status:
+    at once when the terminal has hung up (there is nothing left to restore).
     """
-    while not returned.wait(0.2):
+    while not returned.wait(TERMINAL_CHECK):
         wants_exit = app.exit_code is not None or relay.received is not None
         if wants_exit and app.engine_done.is_set():
-            if returned.wait(EXIT_GRACE):
+            if returned.wait(0.0 if terminal_gone(ttys) else EXIT_GRACE):
                 return
             code = app.exit_code if app.exit_code is not None else 128 + int(relay.received or 0)
             os._exit(finalize(code))
 
 
+def _print_final(ended: list[Any], metric: str, relay: "SignalRelay") -> None:
+    """After the alternate screen closed: what headless prints at the end (status, best val, run dir).
+
+    Not after SIGHUP: there is no terminal to print to.
+    """
+    if not ended or relay.received == getattr(signal, "SIGHUP", None):
+        return
+    from tuitrain.tui.headless import final_lines
+
+    for text, err in final_lines(ended[-1], metric):
+        try:
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
+        except (OSError, ValueError):
+            return
+
+
 def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     """Build the trainer, run the dashboard until the user quits, return the exit status."""
-    trainer = run.start(relay, boundary=True)  # the grids are for live viewers: headless skips them
+    ended: list[Any] = []  # the RunEnded event, printed to the shell once the dashboard is gone
+    trainer = run.start(relay, boundary=True,  # the grids are for live viewers: headless skips them
+                        listeners=[lambda e: ended.append(e) if type(e).__name__ == "RunEnded" else None])
     if isinstance(trainer, int):
         return trainer
     app = TuitrainApp(trainer)
@@ -494,7 +553,10 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
     # tens of ms (measured: tests/perf/bench_dashboard.py).
     sys.setswitchinterval(SWITCH_INTERVAL)
     returned = threading.Event()
-    threading.Thread(target=_exit_watchdog, args=(app, relay, returned, finalize), name="tuitrain-exit-watchdog",
+    ttys = tuple(fd for fd in (0, 1, 2) if _isatty(fd))  # the terminal as it was at the start
+    threading.Thread(target=_exit_watchdog, args=(app, relay, returned, finalize, ttys),
+                     name="tuitrain-exit-watchdog", daemon=True).start()
+    threading.Thread(target=_watch_terminal, args=(relay, returned, ttys), name="tuitrain-terminal-watch",
                      daemon=True).start()
     try:
         app.run()
@@ -506,6 +568,7 @@ def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
             # stop the run so that it saves, and wait for it.
             trainer.commands.put(Stop(reason="the dashboard closed"))
             app.engine_done.wait(timeout=120)
+    _print_final(ended, trainer.preset.metric_name, relay)
     if app.exit_code is not None:
         return finalize(app.exit_code)
     if relay.received is not None:

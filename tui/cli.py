@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 # Imported up front (standard library only): the signal handler must not
 # import anything, since it can run in the middle of another import.
@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patience", type=_integer, help="early stopping after N epochs without improvement (0: off)")
     o.add_argument("--max-steps", type=_integer, help="stop after this many optimizer steps")
     o.add_argument("--on-nan", choices=ON_NAN, help="what a non-finite loss does (default stop)")
-    o.add_argument("--threads", type=_integer, help="CPU threads for torch (default: 1 for small models)")
+    o.add_argument("--threads", type=_integer,
+                   help="CPU threads for torch (default: 1 for small models); more threads than idle cores "
+                        "make every step wait for busy ones (several times slower), so tuitrain warns")
     o.add_argument("--num-workers", type=_integer, help="DataLoader workers for non-tensor datasets")
     return p
 
@@ -135,6 +137,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + exc.signum
     finally:
         relay.restore()
+        _flush_or_drop_stdio()
+
+
+def _flush_or_drop_stdio() -> None:
+    """Flush stdout and stderr now; if the terminal is gone, point them at /dev/null.
+
+    Otherwise Python's own flush at exit fails on the dead terminal and turns the
+    exit status into 120, hiding the 129 a hangup ends with.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            try:
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
+            except (OSError, ValueError, AttributeError):
+                pass
 
 
 def _main(argv: list[str], relay: "SignalRelay") -> int:
@@ -159,8 +180,12 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if preset_spec is None and resume is None:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
 
+    _answer_without_torch(preset_spec, resume)
     run = _prepare(preset_spec, resume, args)
     run.for_watchers = background
+    warning = threads_warning(run.cfg.threads)
+    if warning:
+        print(f"tuitrain: warning: {warning}", file=sys.stderr)
     if detach:
         from tuitrain.tui.detach import start_detached
         return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
@@ -173,13 +198,60 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
 
 
 def _list_presets() -> int:
-    from tuitrain.presets import BUILTIN
+    """From the registry's static table: no torch import, so it answers at once."""
+    from tuitrain.presets.registry import builtin_names, description
 
-    width = max(len(name) for name in BUILTIN)
-    for name, preset in BUILTIN.items():
-        print(f"{name:<{width}}  {preset.description}")
+    names = builtin_names()
+    width = max(len(name) for name in names)
+    for name in names:
+        print(f"{name:<{width}}  {description(name)}")
     print("\nYour own: tuitrain --preset ./my_experiment.py (or package.module:attr); see the README.")
     return EXIT_OK
+
+
+def idle_cores(sample_seconds: float = 0.2) -> float:
+    """Cores not busy right now (psutil, over a short sample): the cores other processes leave us."""
+    import psutil
+
+    busy = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    return sum(max(0.0, 100.0 - b) for b in busy) / 100.0
+
+
+def threads_warning(threads: int | None, idle: Callable[[], float] = idle_cores) -> str | None:
+    """A warning when --threads asks for more torch threads than there are idle cores, else None.
+
+    On a busy machine each step waits for its slowest thread: 2 threads on a 2-core box
+    with another job running trained 8x slower than 1 thread.
+    """
+    if threads is None or threads <= 1:
+        return None
+    free = idle()
+    if threads <= free + 0.5:
+        return None
+    return (f"--threads {threads}, but only about {free:.1f} of {os.cpu_count() or '?'} CPU cores are idle: "
+            f"each step waits for threads that wait for a busy core, which can be several times slower; "
+            f"try --threads {max(1, int(free + 0.5))}")
+
+
+def _answer_without_torch(preset_spec: str | None, resume: str | None) -> None:
+    """The mistakes that need no torch to spot, answered before importing it (seconds).
+
+    A bare word that is not a built-in name can only be an unknown preset (the
+    loader imports nothing for it); a --resume path that does not exist cannot
+    be resumed.
+    """
+    from tuitrain.presets.registry import BUILTIN
+
+    if preset_spec is not None:
+        word = preset_spec.strip()
+        if word not in BUILTIN and not any(c in word for c in "./:") and not Path(word).exists():
+            from tuitrain.presets.loader import PresetError, load_preset
+            try:
+                load_preset(word)
+            except PresetError as exc:
+                raise UsageError(str(exc)) from None
+    if resume is not None and not Path(resume).exists():
+        raise UsageError(f"--resume: no such run directory or checkpoint: {Path(resume)}")
 
 
 def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
@@ -393,9 +465,12 @@ class Interrupted(BaseException):
 class SignalRelay:
     """Turns SIGINT/SIGTERM/SIGHUP into a Stop command (checkpoint, then exit 128+N).
 
-    Before a trainer is attached, a signal raises Interrupted. A second signal
-    of the same kind kills the process at once. A signal the parent set to be
-    ignored (nohup ignores SIGHUP) stays ignored.
+    Before a trainer is attached, a signal raises Interrupted. A second SIGINT
+    or SIGTERM kills the process at once (Ctrl-C twice); a second SIGHUP does
+    not: one dropped connection often delivers several (the shell, the wrapper,
+    the kernel), and the save in progress must finish. A signal the parent set
+    to be ignored (nohup ignores SIGHUP) stays ignored; a terminal that went
+    away counts as SIGHUP all the same (`terminal_lost`, from the dashboard).
     """
 
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
@@ -423,6 +498,8 @@ class SignalRelay:
         if self.commands is None:
             self.received = signum
             raise Interrupted(signum)
+        if signum == getattr(signal, "SIGHUP", None) and self.received is not None:
+            return  # the same hangup again, or one after another stop: the stop under way saves
         if self.received == signum:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -433,6 +510,12 @@ class SignalRelay:
             self.commands.put(Stop(reason="detached on SIGHUP (the terminal closed)", signal=signum))
             return
         self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
+
+    def terminal_lost(self) -> None:
+        """The terminal went away without a SIGHUP reaching us (a wrapper caught or ignored it): a hangup."""
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is not None and self.received is None and self.commands is not None:
+            self._handle(hup, None)
 
     def attach(self, commands: Any) -> None:
         """From now on a signal stops the run; one that came during set-up ends it before training."""

@@ -119,20 +119,27 @@ class HeadlessReporter:
         self._print(e.traceback.rstrip(), err=True)
 
     def _on_RunEnded(self, e: ev.RunEnded) -> None:
-        s = e.summary
-        line = (f"{e.status}: {_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')} in {s['train_seconds']:.1f} s "
-                f"({s['steps_per_sec']:,.0f} steps/s)")
-        if s.get("best_val_loss") is not None:
-            line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
-        final = s.get("final") or {}
-        metric = final.get(f"val_{self.metric}")
-        if metric is not None:
-            line += f" | val {self.metric} {metric:.4f}"
-        self._print(line, err=e.status == "failed")
-        if e.status == "failed":
-            self._print(f"error: {s['reason']} (details in {s['run_dir']}/error.txt)"
-                        if "error.txt" not in s["reason"] else f"error: {s['reason']}", err=True)
-        self._print(f"run dir: {s['run_dir']}")
+        for text, err in final_lines(e, self.metric):
+            self._print(text, err=err)
+
+
+def final_lines(e: ev.RunEnded, metric: str) -> list[tuple[str, bool]]:
+    """What a run prints when it ends, as (line, to stderr): headless, and the dashboard once it closed."""
+    s = e.summary
+    line = (f"{e.status}: {_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')} in {s['train_seconds']:.1f} s "
+            f"({s['steps_per_sec']:,.0f} steps/s)")
+    if s.get("best_val_loss") is not None:
+        line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
+    final = s.get("final") or {}
+    value = final.get(f"val_{metric}")
+    if value is not None:
+        line += f" | val {metric} {value:.4f}"
+    out = [(line, e.status == "failed")]
+    if e.status == "failed":
+        out.append((f"error: {s['reason']} (details in {s['run_dir']}/error.txt)"
+                    if "error.txt" not in s["reason"] else f"error: {s['reason']}", True))
+    out.append((f"run dir: {s['run_dir']}", False))
+    return out
 
 
 def _count(n: int, noun: str) -> str:

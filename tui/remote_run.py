@@ -163,11 +163,16 @@ class RemoteRun:
                           "q detaches this watcher and the run keeps training, x stops the run")
 
     def _follow(self, follower: Any) -> None:
+        from tuitrain.engine.replay import RecordDecoder
+
+        # One decoder for the whole file: it keeps the run's steps per epoch (from RunStarted)
+        # across reads, so a step in epoch 7 shows as such, not as step 1 of 1.
+        decoder = RecordDecoder()
         quiet_since: float | None = None
         last_state_check = time.monotonic()
         while not self._stop.is_set():
             records = follower.read_new()
-            events = self._rates.fill(_decode(records)) if records else []
+            events = self._rates.fill(decoder.decode(records)) if records else []
             live = self._poll_live()
             self._push(events + live)
             if self.ended or self._stop.is_set():

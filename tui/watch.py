@@ -21,6 +21,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tuitrain.engine.commands import Stop
+from tuitrain.engine.system import SystemSampler
 from tuitrain.tui.app import STEERING, TuitrainApp
 from tuitrain.tui.remote_run import RemoteRun
 from tuitrain.tui.screens.help_screen import KEYS, HelpScreen
@@ -176,6 +177,19 @@ def pick_runs(args: Sequence[str]) -> list[Path]:
     return paths
 
 
+def live_pid(run_dir: Path) -> int | None:
+    """The pid in run.pid while the run is live (the system panel shows its RSS), else None.
+
+    Only while live: the pid of a run that ended may belong to another process by now.
+    """
+    from tuitrain.engine.control import read_pid, run_state
+
+    info = read_pid(run_dir)
+    if info is None or run_state(run_dir) != "live":
+        return None
+    return int(info["pid"])
+
+
 def main(argv: Sequence[str]) -> int:
     args = list(argv)
     if any(a in ("-h", "--help") for a in args):
@@ -195,6 +209,6 @@ def main(argv: Sequence[str]) -> int:
         print("tuitrain: error: watch needs a terminal (for a table of runs: tuitrain runs)", file=sys.stderr)
         return EXIT_USAGE
     remotes = [RemoteRun(p) for p in paths]
-    app = WatchApp(remotes[0], others=remotes[1:])
+    app = WatchApp(remotes[0], others=remotes[1:], sampler=SystemSampler(pid=live_pid(paths[0])))
     app.run()
     return app.exit_code if app.exit_code is not None else EXIT_OK

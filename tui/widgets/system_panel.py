@@ -26,6 +26,6 @@ class SystemPanel(TextPanel):
                          f"reserved {fmt_bytes(mem.reserved_bytes)} · peak {fmt_bytes(mem.peak_bytes)}")
         lines.append(f"CPU {fmt_percent(snap.cpu_percent)} · RAM {fmt_bytes(snap.ram_used_bytes)}"
                      f"/{fmt_bytes(snap.ram_total_bytes)}")
-        lines.append(f"process RSS {fmt_bytes(snap.process_rss_bytes)}")
+        lines.append(f"{snap.process_label} RSS {fmt_bytes(snap.process_rss_bytes)}")
         text = "\n".join(lines)
         self.set_content(Text(text), text)
