@@ -92,7 +92,7 @@ from pathlib import Path
 from typing import Any
 
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
-                       TogglePause)
+                       TogglePause, clean_text)
 from .events import BoundaryGrid, Event, SchedulePreview
 
 PROTOCOL = "tuitrain-control"
@@ -102,6 +102,10 @@ PID_NAME = "run.pid"
 
 MAX_LINE = 64 * 1024
 """A client line longer than this (bytes, without the newline) is an error and drops the client."""
+MAX_ID = 200
+"""Characters of a client's "id" echoed back in an error line."""
+MAX_REASON = 200
+"""Characters of a stop reason kept."""
 MAX_CLIENTS = 32
 """Watchers beyond this get an error line and are closed."""
 
@@ -154,25 +158,65 @@ def command_to_message(command: Command) -> dict[str, Any]:
 
 
 def command_from_message(message: Any) -> Command:
-    """The engine Command for a decoded client line; ValueError (the error text) if it is not one."""
+    """The engine Command for a decoded client line; ValueError (the error text) if it is not one.
+
+    Every field is checked as data: "cmd" a known name, "lr" a finite number in the
+    float range (an integer of 310 digits is refused here, not converted), "reason" a
+    string of at most MAX_REASON characters kept (control characters replaced).
+    """
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object")
     name = message.get("cmd")
     if not isinstance(name, str):
-        raise ValueError('missing "cmd"')
+        raise ValueError('missing "cmd" (a string)')
     if name in _SIMPLE:
         return _SIMPLE[name]()
     if name == "set_lr":
-        lr = message.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise ValueError(f'set_lr needs a number "lr", got {json.dumps(lr)[:80]}')
-        return SetLR(float(lr))
+        return SetLR(_lr_value(message.get("lr")))
     if name == "stop":
         reason = message.get("reason", "watcher")
         if not isinstance(reason, str):
             raise ValueError('stop: "reason" must be a string')
-        return Stop(reason=reason[:200] or "watcher")
-    raise ValueError(f"unknown cmd {name[:80]!r}")
+        return Stop(reason=clean_text(reason, MAX_REASON).strip() or "watcher")
+    raise ValueError(f"unknown cmd {clean_text(name, 80)!r}")
+
+
+def _lr_value(lr: Any) -> float:
+    """A finite float from a JSON number; ValueError for anything else (the engine checks lr > 0)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f'set_lr needs a number "lr", got {_short(lr)}')
+    try:
+        value = float(lr)
+    except OverflowError:
+        raise ValueError(f'set_lr: "lr" is out of range (an integer of {len(str(abs(lr)))} digits)') from None
+    if not math.isfinite(value):
+        raise ValueError('set_lr: "lr" must be a finite number')
+    return value
+
+
+def _short(value: Any) -> str:
+    """A few characters naming a value for an error line (its type when it cannot be shown cheaply)."""
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and abs(value) < 10 ** 30):
+        return json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(clean_text(value, 40))
+    return {dict: "an object", list: "an array", int: "a huge integer"}.get(type(value), type(value).__name__)
+
+
+def _parse(raw: bytes) -> Any:
+    """One client line as JSON data; ValueError for bad UTF-8, bad JSON, nesting too deep."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    try:
+        return json.loads(text)  # NaN, Infinity and 1e999 decode to floats that _lr_value refuses
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    except ValueError as exc:  # an integer past the digit limit
+        raise ValueError(f"not JSON data: {clean_text(exc, 120)}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -384,6 +428,8 @@ class ControlServer:
         self._closed = False
         self._lock = threading.Lock()
         self._sel: selectors.BaseSelector | None = None
+        self.errors = 0
+        """Exceptions the I/O thread caught and survived (the first is reported on stderr)."""
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -502,40 +548,70 @@ class ControlServer:
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self._stop:
-                pending = [c for c in self._clients if c.out or c.queue]
-                timeout = None
-                if pending:
-                    now = time.monotonic()
-                    timeout = max(0.0, min(c.since for c in pending) + self.stall_timeout - now) + 0.01
-                for client in self._clients:
-                    want = selectors.EVENT_READ | (selectors.EVENT_WRITE if (client.out or client.queue) else 0)
-                    try:
-                        if sel.get_key(client.sock).events != want:
-                            sel.modify(client.sock, want, client)
-                    except KeyError:
-                        sel.register(client.sock, want, client)
-                for key, mask in sel.select(timeout):
-                    if key.data == "listen":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._take_outbox()
-                    else:
-                        client = key.data
-                        if client not in self._clients:
-                            continue
-                        if mask & selectors.EVENT_READ:
-                            self._read(client)
-                        if mask & selectors.EVENT_WRITE and client in self._clients:
-                            self._write(client)
-                now = time.monotonic()
-                for client in self._clients:
-                    if (client.out or client.queue) and now - client.since > self.stall_timeout:
-                        self._drop(client)  # stalled: it takes no bytes
-        except Exception:  # never take the run down with the watchers
-            pass
+                try:
+                    self._serve_once(sel)
+                except Exception as exc:  # never end the server: report once, keep serving
+                    self._report(exc)
+                    time.sleep(0.05)  # wait-ok: no busy loop should the same error come back at once
         finally:
             self._sel = None
             sel.close()
+
+    def _serve_once(self, sel: selectors.BaseSelector) -> None:
+        """One select() round: accept, read and write what is ready; drop stalled clients."""
+        pending = [c for c in self._clients if c.out or c.queue]
+        timeout = None
+        if pending:
+            now = time.monotonic()
+            timeout = max(0.0, min(c.since for c in pending) + self.stall_timeout - now) + 0.01
+        for client in self._clients:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if (client.out or client.queue) else 0)
+            try:
+                if sel.get_key(client.sock).events != want:
+                    sel.modify(client.sock, want, client)
+            except KeyError:
+                sel.register(client.sock, want, client)
+        for key, mask in sel.select(timeout):
+            if key.data == "listen":
+                self._accept()
+            elif key.data == "wake":
+                self._take_outbox()
+            else:
+                self._serve_client(key.data, mask)
+        now = time.monotonic()
+        for client in self._clients:
+            if (client.out or client.queue) and now - client.since > self.stall_timeout:
+                self._drop(client)  # stalled: it takes no bytes
+
+    def _serve_client(self, client: _Client, mask: int) -> None:
+        """Read and write for one client; whatever goes wrong with it ends that connection only."""
+        if client not in self._clients:
+            return
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read(client)
+            if mask & selectors.EVENT_WRITE and client in self._clients:
+                self._write(client)
+        except Exception as exc:
+            self._report(exc)
+            if client in self._clients:
+                try:
+                    client.sock.send(_line({"kind": "error", "id": None,
+                                            "error": "internal error in the control server; disconnecting"}))
+                except OSError:
+                    pass
+                self._drop(client)
+
+    def _report(self, exc: BaseException) -> None:
+        """Say once on stderr that the I/O thread caught something (it serves on regardless)."""
+        self.errors += 1
+        if self.errors > 1:
+            return
+        try:
+            print(f"tuitrain: warning: the control socket caught {type(exc).__name__}: {clean_text(exc, 200)} "
+                  "(it keeps serving)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def _take_outbox(self) -> None:
         assert self._wake_r is not None
@@ -639,15 +715,14 @@ class ControlServer:
             return
         ident = None
         try:
-            message = json.loads(raw)
+            message = _parse(raw)
             if isinstance(message, dict):
                 ident = message.get("id")
             command = command_from_message(message)
-        except (ValueError, RecursionError) as exc:
-            text = str(exc) if not isinstance(exc, json.JSONDecodeError) else f"not JSON: {exc.msg}"
-            self._enqueue(client, _line({"kind": "error", "id": _plain(ident), "error": text}))
+        except ValueError as exc:
+            self._enqueue(client, _line({"kind": "error", "id": _plain(ident), "error": clean_text(exc, 300)}))
             return
-        self.commands.put(command)
+        self.commands.put(command, source=client)
 
     def _write(self, client: _Client) -> None:
         if not client.out:
@@ -704,12 +779,20 @@ class ControlServer:
 
 
 def _plain(value: Any) -> Any:
-    """An id echoed back: JSON scalars as they are, anything else as a short string."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """An id echoed back: small JSON scalars as they are, anything else as a short description."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if abs(value) < 2 ** 63 else _short(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    return json.dumps(value)[:200]
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ID else value[:MAX_ID]
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        return _short(value)
+    return text[:MAX_ID]
 
 
 def _send_and_close(sock: socket.socket, data: bytes) -> None:

@@ -783,13 +783,21 @@ class Trainer:
 
     # -- commands ------------------------------------------------------------------
     def _handle_commands(self) -> None:
-        while True:
+        """Apply what waits, at most one queue's worth: commands that keep arriving wait for the next step."""
+        self._answer_dropped()
+        for _ in range(self.commands.max_pending + 1):
             command = self.commands.get_nowait()
             if command is None:
                 break
             self._apply(command)
         if self.paused:
             self._pause_loop()
+
+    def _answer_dropped(self) -> None:
+        """One `rejected` event per kind of command the bounded queue dropped since the last boundary."""
+        for name, reason, count in self.commands.take_dropped():
+            self.emit(CommandRejected(self.step, self._now(), command=name,
+                                      reason=reason if count == 1 else f"{reason} ({count:,} times)"))
 
     def _apply(self, command: Command) -> None:
         now = self._now()
@@ -868,6 +876,7 @@ class Trainer:
         try:
             while self.paused:
                 command = self.commands.get(timeout=self.cfg.log_interval)
+                self._answer_dropped()
                 if command is not None:
                     self._apply(command)
                 self._collect_saves()
