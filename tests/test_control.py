@@ -293,6 +293,7 @@ def test_a_real_run_steered_by_two_watchers(tmp_path: Path):
         b.send(SaveCheckpoint())
         wait_until(lambda: saw(ev.CheckpointSaved, reason="manual"), what="a manual checkpoint")
         a.send(Resume())
+        wait_until(lambda: saw(ev.Resumed), what="resumed")  # a stop sent at once would jump the queue
         a.send(Stop(reason="stopped from a watcher"))
         thread.join(60)
         assert not thread.is_alive() and result[0].status == "stopped"
