@@ -93,6 +93,7 @@ from typing import Any
 
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause, clean_text)
+from . import workers
 from .events import BoundaryGrid, Event, SchedulePreview
 
 PROTOCOL = "tuitrain-control"
@@ -308,9 +309,44 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc), None where unknown.
+
+    With the pid it names one process for good: a pid reused by another process has
+    another start time.
+    """
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat_line = f.read()
+        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_process_alive(info: dict[str, Any] | None) -> bool | None:
+    """Is the process that run.pid records still running? None when this machine cannot tell.
+
+    True only for the same pid AND the same start time (when run.pid recorded one): an
+    orphaned DataLoader worker or a process that reused the pid is not the run.
+    """
+    if info is None:
+        return None
+    if info.get("host") not in (None, socket.gethostname()):
+        return None  # another machine's pid (a shared file system) cannot be checked here
+    pid = info["pid"]
+    if not pid_alive(pid):
+        return False
+    recorded = info.get("proc_start")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        now = process_start(pid)
+        if now is not None and now != recorded:
+            return False
+    return True
+
+
 def _write_pid(run_dir: Path) -> None:
     data = {"pid": os.getpid(), "started": round(time.time(), 3), "host": socket.gethostname(),
-            "argv": list(sys.argv)}
+            "argv": list(sys.argv), "proc_start": process_start(os.getpid())}
     # Named like the run directory's other temp files, so a killed writer's leftover is cleaned up.
     fd, tmp = tempfile.mkstemp(prefix=f".{PID_NAME}.", suffix=".tmp", dir=run_dir)
     try:
@@ -330,20 +366,24 @@ def _write_pid(run_dir: Path) -> None:
 def run_state(run_dir: str | os.PathLike[str]) -> str:
     """What a run directory holds now.
 
-    'live'       the control socket accepts connections (checked first: a resumed run in a
-                 directory with an earlier summary.json is live);
+    'live'       the control socket accepts connections and run.pid's process (pid and start
+                 time) is alive, or run.pid cannot tell (checked first: a resumed run in a
+                 directory with an earlier summary.json is live). A socket that answers while
+                 run.pid's process is gone is held by an orphan (a DataLoader worker): not live;
     'finished', 'stopped', 'early_stopped', 'failed', 'interrupted'
                  summary.json's status (ignored when older than run.pid's start time, i.e. left
                  by an earlier session of a resumed run);
-    'died'       no (current) summary, and the socket is stale or the pid in run.pid is not alive;
+    'died'       no (current) summary, and run.pid's process is gone (or, where that cannot be
+                 checked, the socket is stale);
     'unknown'    no summary and no run.pid (an older run, or one that never started), or a pid on
-                 another host / a live pid that does not serve.
+                 another host / a live process that does not serve.
     """
     path = Path(run_dir)
     probe = _probe(path)
-    if probe == "live":
-        return "live"
     info = read_pid(path)
+    alive = run_process_alive(info)
+    if probe == "live" and alive is not False:
+        return "live"
     try:
         summary_path = path / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -355,11 +395,9 @@ def run_state(run_dir: str | os.PathLike[str]) -> str:
         return status
     if info is None:
         return "unknown"
-    if probe == "stale":
-        return "died"
-    if info.get("host") not in (None, socket.gethostname()):
-        return "unknown"  # another machine's pid (a shared file system) cannot be checked here
-    return "unknown" if pid_alive(info["pid"]) else "died"
+    if alive is None:
+        return "died" if probe == "stale" else "unknown"
+    return "unknown" if alive else "died"
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -442,9 +480,11 @@ class ControlServer:
             raise ControlError("the control server is already started")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = _probe(self.run_dir)
+        info = read_pid(self.run_dir)
+        if state == "live" and run_process_alive(info) is False:
+            state = "stale"  # answered by an orphan of a dead run (a DataLoader worker): not a run
         if state == "live":
-            info = read_pid(self.run_dir) or {}
-            raise ControlError(f"a live run (pid {info.get('pid', '?')}) already serves {self.run_dir}")
+            raise ControlError(f"a live run (pid {(info or {}).get('pid', '?')}) already serves {self.run_dir}")
         if state == "denied":
             raise ControlError(f"{self.socket_path} belongs to another user")
         if state == "stale" or os.path.lexists(self.socket_path):
@@ -478,6 +518,8 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        for sock in (listen, self._wake_r, self._wake_w):
+            workers.parent_only(sock.fileno())
         self._thread = threading.Thread(target=self._serve, name="tuitrain-control", daemon=True)
         self._thread.start()
 
@@ -499,6 +541,7 @@ class ControlServer:
         self._clients = ()
         for sock in (self._listen, self._wake_r, self._wake_w):
             if sock is not None:
+                workers.release(sock.fileno())
                 sock.close()
         if self.address is not None:
             self._unlink_own(self.address)
@@ -665,6 +708,7 @@ class ControlServer:
                 _send_and_close(sock, _line({"kind": "error", "error": f"too many watchers (at most {MAX_CLIENTS})"}))
                 continue
             client = _Client(sock, self.queue_size)
+            workers.parent_only(sock.fileno())
             client.out = _line({"kind": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
                                 "run_dir": str(self.run_dir)})
             # A late watcher still gets the planned LR curve and the current boundary frame.
@@ -760,6 +804,7 @@ class ControlServer:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        workers.release(client.sock.fileno())
         client.sock.close()
 
     def _unlink_own(self, address: str) -> None:

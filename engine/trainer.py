@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import schedules
+from . import schedules, workers
 from .batching import Batches, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
@@ -369,6 +369,8 @@ class Trainer:
         summary = self._summary(status, reason, signal)
         self._safe(lambda: self.rundir.write_json("summary.json", summary))
         self.emit(RunEnded(self.step, self._now(), status=status, summary=summary))
+        if isinstance(getattr(self, "_metrics_fd", None), int):
+            workers.release(self._metrics_fd)
         self.rundir.close()
         return RunResult(status, self.rundir.path, summary, signal, error, tb)
 
@@ -386,6 +388,9 @@ class Trainer:
             self.history = [row for row in self.rundir.read_json("history.json", []) or []
                             if row.get("epoch", 0) <= self.epoch]
         self.rundir.open_metrics(on_error=self._metrics_write_failed)
+        self._metrics_fd = getattr(self.rundir, "_metrics", None)
+        if isinstance(self._metrics_fd, int):
+            workers.parent_only(self._metrics_fd)  # a DataLoader worker never holds the run's record
         self.emit(RunStarted(
             self.step, self._now(), run_dir=str(self.rundir.path), preset=self.preset.name,
             task=self.preset.task, metric=self.preset.metric_name, device=str(self.device),
