@@ -491,7 +491,9 @@ class ControlServer:
             _remove_socket(self.socket_path)
         path = str(self.socket_path)
         if _too_long(path):
-            self._private_dir = tempfile.mkdtemp(prefix="tuitrain-")  # mode 0700
+            sweep_private_dirs()
+            # mode 0700; the pid in the name lets a later run remove it should this process be SIGKILLed
+            self._private_dir = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-")
             address = os.path.join(self._private_dir, SOCKET_NAME)
         else:
             address = path
@@ -850,6 +852,41 @@ def _send_and_close(sock: socket.socket, data: bytes) -> None:
     except OSError:
         pass
     sock.close()
+
+
+PRIVATE_PREFIX = "tuitrain-"
+"""Private socket folders in the temp directory: tuitrain-<pid>-<random>."""
+
+
+def sweep_private_dirs(limit: int = 1000) -> int:
+    """Remove the private socket folders of our runs whose process is gone (SIGKILLed); how many.
+
+    Only folders named tuitrain-<pid>-*, owned by this user, holding nothing but a socket.
+    """
+    removed = 0
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(PRIVATE_PREFIX)][:limit]
+    except OSError:
+        return 0
+    for name in names:
+        pid_text = name[len(PRIVATE_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit() or pid_alive(int(pid_text)):
+            continue
+        folder = os.path.join(base, name)
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            for entry in os.listdir(folder):
+                target = os.path.join(folder, entry)
+                if entry == SOCKET_NAME and stat.S_ISSOCK(os.lstat(target).st_mode):
+                    os.unlink(target)
+            os.rmdir(folder)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _remove_socket(link: Path) -> None:

@@ -25,7 +25,7 @@ from . import schedules, workers
 from .batching import Batches, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, available_cpus
 from .devices import device_name, resolve_device
 from .boundary import BoundaryProbe, boundary_inputs
 from .diagnosis import Diagnostician, Finding
@@ -79,6 +79,47 @@ def _perplexity(loss: float | None) -> float | None:
     if loss is None or not math.isfinite(loss):
         return None
     return math.exp(loss) if loss < 700 else math.inf
+
+
+#: What the preset's own code may raise that is still the preset failing, not a request to exit.
+PRESET_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+#: Characters of an error message kept in events, the summary and on the terminal (error.txt has it all).
+ERROR_CHARS = 300
+#: Characters of a traceback kept in the `error` event (the end, where the error is).
+TRACEBACK_CHARS = 20_000
+
+_ENGINE_DIRS = tuple(str(Path(p).resolve()) + "/" for p in (Path(__file__).parent, Path(torch.__file__).parent,
+                                                           Path(traceback.__file__).parent))
+
+
+def failure_text(exc: BaseException) -> str:
+    """One bounded line for a failure in the preset's code: 'Type: message (at file:line in func)'.
+
+    The place is the deepest frame outside tuitrain's engine, torch and the standard
+    library: the user's own line. The full traceback belongs in error.txt.
+    """
+    message = " ".join(str(exc).split())
+    if len(message) > ERROR_CHARS:
+        message = message[:ERROR_CHARS] + f"\u2026 ({len(message) - ERROR_CHARS:,} more characters in error.txt)"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if _user_file(f.filename)] or frames
+    if ours:
+        text += f" (at {ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name})"
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _user_file(filename: str) -> bool:
+    """Not tuitrain's engine, torch or the standard library (packages installed next to it count as the user's)."""
+    path = str(Path(filename).resolve())
+    if path.startswith(_ENGINE_DIRS[:2]):
+        return False
+    stdlib = _ENGINE_DIRS[2]
+    return not path.startswith(stdlib) or "-packages/" in path[len(stdlib):]
+
+
+def _tail(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"[{len(text) - limit:,} characters cut; all in error.txt]\n" + text[-limit:]
 
 
 class _Restart(Exception):
@@ -250,7 +291,8 @@ class Trainer:
     # -- setup helpers ---------------------------------------------------------
     def _set_threads(self) -> None:
         if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
+            # Never more than the CPUs here (a resumed run may come from a bigger machine).
+            torch.set_num_threads(min(self.cfg.threads, available_cpus()))
         elif self.device.type == "cpu" and self.parameters < SMALL_MODEL_PARAMS:
             torch.set_num_threads(1)
 
@@ -357,11 +399,11 @@ class Trainer:
             self._train()
         except _EndRun as end:
             status, reason, signal = end.status, str(end), end.signal
-        except Exception as exc:  # the user's model, data or loss raised
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        except PRESET_FAILURES as exc:  # the user's model, data or loss raised (sys.exit() in it too)
+            status, reason = "failed", failure_text(exc)
             error, tb = reason, traceback.format_exc()
             self._safe(self._flush)
-            self.emit(RunFailed(self.step, self._now(), error=error, traceback=tb))
+            self.emit(RunFailed(self.step, self._now(), error=error, traceback=_tail(tb, TRACEBACK_CHARS)))
             self._safe(lambda: self.rundir.write_error(tb))
         self._writer.close()  # every checkpoint on disk before the summary says so
         self._collect_saves()
@@ -434,7 +476,10 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         if self.step >= self.total_steps and self.total_steps > 0 and self.epoch < cfg.epochs:
-            raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
+            raise _EndRun("finished", f"already at step {self.step:,}, past the {self.total_steps:,} steps of "
+                                      f"{cfg.epochs} epochs")
         while self.epoch < cfg.epochs:
             try:
                 self._train_epoch()
