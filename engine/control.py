@@ -43,7 +43,13 @@ socket, RUN_DIR/control.sock, mode 0600.
   event); a value that is not a number is refused here.
   A line that is not a JSON object, an unknown "cmd" or a bad argument gets
   ``{"kind":"error","id":<its id or null>,"error":"..."}``; a line longer than
-  64 KiB (MAX_LINE) gets an error line and the client is disconnected.
+  64 KiB (MAX_LINE) gets an error line and the client is disconnected. Every
+  line is data: "lr" must be a finite number in the float range, "reason" a
+  string (kept to MAX_REASON printable characters), the echoed id is bounded
+  (MAX_ID); no input ends the I/O thread (it reports an exception once on
+  stderr and serves on). Commands go to the bounded CommandQueue with the
+  connection as their source (see commands.py: per-connection and overall
+  limits, coalescing, drops answered by `rejected` events).
 - Server -> client after the hello, nothing but::
 
       {"kind":"live","event":{...event.to_dict()...}}   a live-only event
@@ -62,10 +68,13 @@ control.sock  the socket while the run serves; removed by close(). When
               RUN_DIR/control.sock is a SYMLINK to it; ControlClient.connect
               reads the link and connects to its (short) target. close()
               removes the link, the socket and the private directory.
-run.pid       JSON {"pid", "started" (unix time), "host", "argv"}, written
+run.pid       JSON {"pid", "started" (unix time), "host", "argv", "proc_start" (the process's
+              start time in clock ticks, Linux; with the pid it names the process for good)}, written
               atomically by start() and LEFT IN PLACE by close(): it records
               which process ran the directory. run_state() combines it with
-              summary.json and the socket to tell live / finished / died.
+              summary.json and the socket to tell live / finished / died: a
+              socket answered while that process is gone (an orphaned DataLoader
+              worker) is not a live run.
 
 Standard library only (no torch, no UI): `tuitrain runs` imports this to
 describe many runs quickly.
