@@ -15,6 +15,7 @@ from typing import Iterator, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from . import workers
 from .seeding import epoch_generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -92,9 +93,16 @@ class LoaderBatches:
         # global RNG, which would shift dropout masks after a resume.
         loader = DataLoader(self.dataset, batch_size=self.batch_size, sampler=indices,
                             drop_last=self.drop_last, num_workers=self.num_workers,
-                            pin_memory=self.pin, generator=epoch_generator(self.seed + 1, epoch))
+                            pin_memory=self.pin, generator=epoch_generator(self.seed + 1, epoch),
+                            worker_init_fn=_worker_init if self.num_workers else None)
         for x, y in loader:
             yield (x.to(self.device, non_blocking=self.pin), y.to(self.device, non_blocking=self.pin))
+
+
+def _worker_init(worker_id: int) -> None:
+    """In each DataLoader worker, first: let go of the run's control socket and files (engine/workers.py),
+    so that a worker outliving a killed run can neither make it look live nor hold its files."""
+    workers.close_inherited()
 
 
 def make_batches(split: object, batch_size: int, device: torch.device, seed: int, *,

@@ -6,8 +6,11 @@ every intervention is on the record.
 
 from __future__ import annotations
 
-import queue
+import math
+import threading
+from collections import deque
 from dataclasses import dataclass
+from typing import Hashable
 
 
 @dataclass(frozen=True)
@@ -63,27 +66,136 @@ class Stop(Command):
     name = "stop"
 
 
+#: Commands waiting at most, over every source, and per watcher connection; a Stop never counts.
+MAX_PENDING = 64
+MAX_PER_SOURCE = 16
+
+_CONTROL = {ord(c): " " for c in "\t\n\r\x0b\x0c"}
+
+
+def clean_text(text: object, limit: int = 200) -> str:
+    """One printable line from text someone else sent: no newlines, no escape sequences, bounded.
+
+    Used for every string a client controls (a stop reason) before it is kept or printed, so
+    a watcher can neither break a log line nor send escape codes to a terminal.
+    """
+    out = str(text).translate(_CONTROL)
+    if not out.isprintable():
+        out = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" if ord(ch) < 256 else "?" for ch in out)
+    return out if len(out) <= limit else out[:limit - 1] + "\u2026"
+
+
+def _valid_lr(lr: object) -> bool:
+    return (not isinstance(lr, bool) and isinstance(lr, (int, float)) and math.isfinite(lr)
+            and lr > 0)
+
+
 class CommandQueue:
-    """Thread-safe inbox; the engine polls it once per optimizer step."""
+    """Thread-safe inbox; the engine polls it once per optimizer step.
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Command] = queue.SimpleQueue()
+    Bounded, so that a flood of commands can neither grow the process nor hold
+    the run at a step boundary: at most MAX_PENDING commands wait (MAX_PER_SOURCE
+    per watcher connection, the `source` of put()), one save, one evaluate and
+    one valid set_lr at a time (a later set_lr replaces the waiting one). What
+    is dropped is counted and answered by the engine with `rejected` events
+    (take_dropped), one per kind and reason. A Stop jumps the queue, and a stop
+    from a signal wins over a stop from a watcher.
+    """
 
-    def put(self, command: Command) -> None:
-        self._queue.put(command)
+    def __init__(self, max_pending: int = MAX_PENDING, max_per_source: int = MAX_PER_SOURCE) -> None:
+        self.max_pending = max_pending
+        self.max_per_source = max_per_source
+        self._cond = threading.Condition(threading.Lock())
+        self._items: deque[tuple[Command, Hashable | None]] = deque()
+        self._stop: Stop | None = None
+        self._per_source: dict[Hashable, int] = {}
+        self._dropped: dict[tuple[str, str], int] = {}
+        self._any = False
+        """Something to take or to report (read without the lock, once per step)."""
+
+    def put(self, command: Command, source: Hashable | None = None) -> bool:
+        """Queue a command; False if it was dropped (it is then answered by a `rejected` event)."""
+        with self._cond:
+            accepted = self._put(command, source)
+            self._any = True
+            self._cond.notify()
+            return accepted
+
+    def _put(self, command: Command, source: Hashable | None) -> bool:
+        if isinstance(command, Stop):
+            if self._stop is None or (command.signal is not None and self._stop.signal is None):
+                self._stop = command
+                return True
+            return self._drop(command, "the run is already stopping")
+        if isinstance(command, (SaveCheckpoint, Evaluate)) and any(type(c) is type(command) for c, _ in self._items):
+            return self._drop(command, f"a {command.name} is already waiting for the next step")
+        if isinstance(command, SetLR) and _valid_lr(command.lr):
+            for i, (waiting, owner) in enumerate(self._items):
+                if isinstance(waiting, SetLR) and _valid_lr(waiting.lr):
+                    self._items[i] = (command, source)  # the newest value, in the older one's place
+                    self._count(owner, -1)
+                    self._count(source, +1)
+                    self._drop(waiting, "replaced by a later set_lr before it was applied")
+                    return True
+        if len(self._items) >= self.max_pending:
+            return self._drop(command, f"too many commands waiting (at most {self.max_pending})")
+        if source is not None and self._per_source.get(source, 0) >= self.max_per_source:
+            return self._drop(command, f"too many commands waiting from this watcher (at most {self.max_per_source})")
+        self._items.append((command, source))
+        self._count(source, +1)
+        return True
+
+    def _count(self, source: Hashable | None, delta: int) -> None:
+        if source is None:
+            return
+        n = self._per_source.get(source, 0) + delta
+        if n > 0:
+            self._per_source[source] = n
+        else:
+            self._per_source.pop(source, None)
+
+    def _drop(self, command: Command, reason: str) -> bool:
+        key = (getattr(command, "name", type(command).__name__), reason)
+        self._dropped[key] = self._dropped.get(key, 0) + 1
+        return False
 
     def pending(self) -> bool:
-        return not self._queue.empty()
+        """Anything to apply or to answer: one attribute read, cheap enough for every step."""
+        return self._any
+
+    def take_dropped(self) -> list[tuple[str, str, int]]:
+        """(command name, reason, how many) for each kind of drop since the last call."""
+        with self._cond:
+            dropped, self._dropped = self._dropped, {}
+            self._refresh()
+        return [(name, reason, n) for (name, reason), n in dropped.items()]
+
+    def _take(self) -> Command | None:
+        if self._stop is not None:
+            command: Command | None = self._stop
+            self._stop = None
+        elif self._items:
+            command, source = self._items.popleft()
+            self._count(source, -1)
+        else:
+            command = None
+        self._refresh()
+        return command
+
+    def _refresh(self) -> None:
+        self._any = self._stop is not None or bool(self._items) or bool(self._dropped)
 
     def get_nowait(self) -> Command | None:
-        try:
-            return self._queue.get_nowait()
-        except queue.Empty:
-            return None
+        with self._cond:
+            return self._take()
 
     def get(self, timeout: float) -> Command | None:
         """Wait for a command (used while paused)."""
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+        with self._cond:
+            if self._stop is None and not self._items:
+                self._cond.wait(timeout)
+            return self._take()
+
+    def __len__(self) -> int:
+        """Commands waiting (a pending Stop included)."""
+        return len(self._items) + (self._stop is not None)

@@ -43,7 +43,13 @@ socket, RUN_DIR/control.sock, mode 0600.
   event); a value that is not a number is refused here.
   A line that is not a JSON object, an unknown "cmd" or a bad argument gets
   ``{"kind":"error","id":<its id or null>,"error":"..."}``; a line longer than
-  64 KiB (MAX_LINE) gets an error line and the client is disconnected.
+  64 KiB (MAX_LINE) gets an error line and the client is disconnected. Every
+  line is data: "lr" must be a finite number in the float range, "reason" a
+  string (kept to MAX_REASON printable characters), the echoed id is bounded
+  (MAX_ID); no input ends the I/O thread (it reports an exception once on
+  stderr and serves on). Commands go to the bounded CommandQueue with the
+  connection as their source (see commands.py: per-connection and overall
+  limits, coalescing, drops answered by `rejected` events).
 - Server -> client after the hello, nothing but::
 
       {"kind":"live","event":{...event.to_dict()...}}   a live-only event
@@ -62,10 +68,13 @@ control.sock  the socket while the run serves; removed by close(). When
               RUN_DIR/control.sock is a SYMLINK to it; ControlClient.connect
               reads the link and connects to its (short) target. close()
               removes the link, the socket and the private directory.
-run.pid       JSON {"pid", "started" (unix time), "host", "argv"}, written
+run.pid       JSON {"pid", "started" (unix time), "host", "argv", "proc_start" (the process's
+              start time in clock ticks, Linux; with the pid it names the process for good)}, written
               atomically by start() and LEFT IN PLACE by close(): it records
               which process ran the directory. run_state() combines it with
-              summary.json and the socket to tell live / finished / died.
+              summary.json and the socket to tell live / finished / died: a
+              socket answered while that process is gone (an orphaned DataLoader
+              worker) is not a live run.
 
 Standard library only (no torch, no UI): `tuitrain runs` imports this to
 describe many runs quickly.
@@ -92,7 +101,8 @@ from pathlib import Path
 from typing import Any
 
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
-                       TogglePause)
+                       TogglePause, clean_text)
+from . import workers
 from .events import BoundaryGrid, Event, SchedulePreview
 
 PROTOCOL = "tuitrain-control"
@@ -102,6 +112,10 @@ PID_NAME = "run.pid"
 
 MAX_LINE = 64 * 1024
 """A client line longer than this (bytes, without the newline) is an error and drops the client."""
+MAX_ID = 200
+"""Characters of a client's "id" echoed back in an error line."""
+MAX_REASON = 200
+"""Characters of a stop reason kept."""
 MAX_CLIENTS = 32
 """Watchers beyond this get an error line and are closed."""
 
@@ -154,25 +168,65 @@ def command_to_message(command: Command) -> dict[str, Any]:
 
 
 def command_from_message(message: Any) -> Command:
-    """The engine Command for a decoded client line; ValueError (the error text) if it is not one."""
+    """The engine Command for a decoded client line; ValueError (the error text) if it is not one.
+
+    Every field is checked as data: "cmd" a known name, "lr" a finite number in the
+    float range (an integer of 310 digits is refused here, not converted), "reason" a
+    string of at most MAX_REASON characters kept (control characters replaced).
+    """
     if not isinstance(message, dict):
         raise ValueError("expected a JSON object")
     name = message.get("cmd")
     if not isinstance(name, str):
-        raise ValueError('missing "cmd"')
+        raise ValueError('missing "cmd" (a string)')
     if name in _SIMPLE:
         return _SIMPLE[name]()
     if name == "set_lr":
-        lr = message.get("lr")
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)):
-            raise ValueError(f'set_lr needs a number "lr", got {json.dumps(lr)[:80]}')
-        return SetLR(float(lr))
+        return SetLR(_lr_value(message.get("lr")))
     if name == "stop":
         reason = message.get("reason", "watcher")
         if not isinstance(reason, str):
             raise ValueError('stop: "reason" must be a string')
-        return Stop(reason=reason[:200] or "watcher")
-    raise ValueError(f"unknown cmd {name[:80]!r}")
+        return Stop(reason=clean_text(reason, MAX_REASON).strip() or "watcher")
+    raise ValueError(f"unknown cmd {clean_text(name, 80)!r}")
+
+
+def _lr_value(lr: Any) -> float:
+    """A finite float from a JSON number; ValueError for anything else (the engine checks lr > 0)."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f'set_lr needs a number "lr", got {_short(lr)}')
+    try:
+        value = float(lr)
+    except OverflowError:
+        raise ValueError(f'set_lr: "lr" is out of range (an integer of {len(str(abs(lr)))} digits)') from None
+    if not math.isfinite(value):
+        raise ValueError('set_lr: "lr" must be a finite number')
+    return value
+
+
+def _short(value: Any) -> str:
+    """A few characters naming a value for an error line (its type when it cannot be shown cheaply)."""
+    if value is None or isinstance(value, (bool, float)) or (isinstance(value, int) and abs(value) < 10 ** 30):
+        return json.dumps(value) if not isinstance(value, float) or math.isfinite(value) else repr(value)
+    if isinstance(value, str):
+        return json.dumps(clean_text(value, 40))
+    return {dict: "an object", list: "an array", int: "a huge integer"}.get(type(value), type(value).__name__)
+
+
+def _parse(raw: bytes) -> Any:
+    """One client line as JSON data; ValueError for bad UTF-8, bad JSON, nesting too deep."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8") from None
+    try:
+        return json.loads(text)  # NaN, Infinity and 1e999 decode to floats that _lr_value refuses
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg}") from None
+    except ValueError as exc:  # an integer past the digit limit
+        raise ValueError(f"not JSON data: {clean_text(exc, 120)}") from None
+    except RecursionError:
+        raise ValueError("not JSON: nested too deeply") from None
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -264,9 +318,44 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc), None where unknown.
+
+    With the pid it names one process for good: a pid reused by another process has
+    another start time.
+    """
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat_line = f.read()
+        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_process_alive(info: dict[str, Any] | None) -> bool | None:
+    """Is the process that run.pid records still running? None when this machine cannot tell.
+
+    True only for the same pid AND the same start time (when run.pid recorded one): an
+    orphaned DataLoader worker or a process that reused the pid is not the run.
+    """
+    if info is None:
+        return None
+    if info.get("host") not in (None, socket.gethostname()):
+        return None  # another machine's pid (a shared file system) cannot be checked here
+    pid = info["pid"]
+    if not pid_alive(pid):
+        return False
+    recorded = info.get("proc_start")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        now = process_start(pid)
+        if now is not None and now != recorded:
+            return False
+    return True
+
+
 def _write_pid(run_dir: Path) -> None:
     data = {"pid": os.getpid(), "started": round(time.time(), 3), "host": socket.gethostname(),
-            "argv": list(sys.argv)}
+            "argv": list(sys.argv), "proc_start": process_start(os.getpid())}
     # Named like the run directory's other temp files, so a killed writer's leftover is cleaned up.
     fd, tmp = tempfile.mkstemp(prefix=f".{PID_NAME}.", suffix=".tmp", dir=run_dir)
     try:
@@ -286,20 +375,24 @@ def _write_pid(run_dir: Path) -> None:
 def run_state(run_dir: str | os.PathLike[str]) -> str:
     """What a run directory holds now.
 
-    'live'       the control socket accepts connections (checked first: a resumed run in a
-                 directory with an earlier summary.json is live);
+    'live'       the control socket accepts connections and run.pid's process (pid and start
+                 time) is alive, or run.pid cannot tell (checked first: a resumed run in a
+                 directory with an earlier summary.json is live). A socket that answers while
+                 run.pid's process is gone is held by an orphan (a DataLoader worker): not live;
     'finished', 'stopped', 'early_stopped', 'failed', 'interrupted'
                  summary.json's status (ignored when older than run.pid's start time, i.e. left
                  by an earlier session of a resumed run);
-    'died'       no (current) summary, and the socket is stale or the pid in run.pid is not alive;
+    'died'       no (current) summary, and run.pid's process is gone (or, where that cannot be
+                 checked, the socket is stale);
     'unknown'    no summary and no run.pid (an older run, or one that never started), or a pid on
-                 another host / a live pid that does not serve.
+                 another host / a live process that does not serve.
     """
     path = Path(run_dir)
     probe = _probe(path)
-    if probe == "live":
-        return "live"
     info = read_pid(path)
+    alive = run_process_alive(info)
+    if probe == "live" and alive is not False:
+        return "live"
     try:
         summary_path = path / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
@@ -311,11 +404,9 @@ def run_state(run_dir: str | os.PathLike[str]) -> str:
         return status
     if info is None:
         return "unknown"
-    if probe == "stale":
-        return "died"
-    if info.get("host") not in (None, socket.gethostname()):
-        return "unknown"  # another machine's pid (a shared file system) cannot be checked here
-    return "unknown" if pid_alive(info["pid"]) else "died"
+    if alive is None:
+        return "died" if probe == "stale" else "unknown"
+    return "unknown" if alive else "died"
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -384,6 +475,8 @@ class ControlServer:
         self._closed = False
         self._lock = threading.Lock()
         self._sel: selectors.BaseSelector | None = None
+        self.errors = 0
+        """Exceptions the I/O thread caught and survived (the first is reported on stderr)."""
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -396,16 +489,20 @@ class ControlServer:
             raise ControlError("the control server is already started")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = _probe(self.run_dir)
+        info = read_pid(self.run_dir)
+        if state == "live" and run_process_alive(info) is False:
+            state = "stale"  # answered by an orphan of a dead run (a DataLoader worker): not a run
         if state == "live":
-            info = read_pid(self.run_dir) or {}
-            raise ControlError(f"a live run (pid {info.get('pid', '?')}) already serves {self.run_dir}")
+            raise ControlError(f"a live run (pid {(info or {}).get('pid', '?')}) already serves {self.run_dir}")
         if state == "denied":
             raise ControlError(f"{self.socket_path} belongs to another user")
         if state == "stale" or os.path.lexists(self.socket_path):
             _remove_socket(self.socket_path)
         path = str(self.socket_path)
         if _too_long(path):
-            self._private_dir = tempfile.mkdtemp(prefix="tuitrain-")  # mode 0700
+            sweep_private_dirs()
+            # mode 0700; the pid in the name lets a later run remove it should this process be SIGKILLed
+            self._private_dir = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-")
             address = os.path.join(self._private_dir, SOCKET_NAME)
         else:
             address = path
@@ -432,6 +529,8 @@ class ControlServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
+        for sock in (listen, self._wake_r, self._wake_w):
+            workers.parent_only(sock.fileno())
         self._thread = threading.Thread(target=self._serve, name="tuitrain-control", daemon=True)
         self._thread.start()
 
@@ -453,6 +552,7 @@ class ControlServer:
         self._clients = ()
         for sock in (self._listen, self._wake_r, self._wake_w):
             if sock is not None:
+                workers.release(sock.fileno())
                 sock.close()
         if self.address is not None:
             self._unlink_own(self.address)
@@ -502,40 +602,70 @@ class ControlServer:
         sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         try:
             while not self._stop:
-                pending = [c for c in self._clients if c.out or c.queue]
-                timeout = None
-                if pending:
-                    now = time.monotonic()
-                    timeout = max(0.0, min(c.since for c in pending) + self.stall_timeout - now) + 0.01
-                for client in self._clients:
-                    want = selectors.EVENT_READ | (selectors.EVENT_WRITE if (client.out or client.queue) else 0)
-                    try:
-                        if sel.get_key(client.sock).events != want:
-                            sel.modify(client.sock, want, client)
-                    except KeyError:
-                        sel.register(client.sock, want, client)
-                for key, mask in sel.select(timeout):
-                    if key.data == "listen":
-                        self._accept()
-                    elif key.data == "wake":
-                        self._take_outbox()
-                    else:
-                        client = key.data
-                        if client not in self._clients:
-                            continue
-                        if mask & selectors.EVENT_READ:
-                            self._read(client)
-                        if mask & selectors.EVENT_WRITE and client in self._clients:
-                            self._write(client)
-                now = time.monotonic()
-                for client in self._clients:
-                    if (client.out or client.queue) and now - client.since > self.stall_timeout:
-                        self._drop(client)  # stalled: it takes no bytes
-        except Exception:  # never take the run down with the watchers
-            pass
+                try:
+                    self._serve_once(sel)
+                except Exception as exc:  # never end the server: report once, keep serving
+                    self._report(exc)
+                    time.sleep(0.05)  # wait-ok: no busy loop should the same error come back at once
         finally:
             self._sel = None
             sel.close()
+
+    def _serve_once(self, sel: selectors.BaseSelector) -> None:
+        """One select() round: accept, read and write what is ready; drop stalled clients."""
+        pending = [c for c in self._clients if c.out or c.queue]
+        timeout = None
+        if pending:
+            now = time.monotonic()
+            timeout = max(0.0, min(c.since for c in pending) + self.stall_timeout - now) + 0.01
+        for client in self._clients:
+            want = selectors.EVENT_READ | (selectors.EVENT_WRITE if (client.out or client.queue) else 0)
+            try:
+                if sel.get_key(client.sock).events != want:
+                    sel.modify(client.sock, want, client)
+            except KeyError:
+                sel.register(client.sock, want, client)
+        for key, mask in sel.select(timeout):
+            if key.data == "listen":
+                self._accept()
+            elif key.data == "wake":
+                self._take_outbox()
+            else:
+                self._serve_client(key.data, mask)
+        now = time.monotonic()
+        for client in self._clients:
+            if (client.out or client.queue) and now - client.since > self.stall_timeout:
+                self._drop(client)  # stalled: it takes no bytes
+
+    def _serve_client(self, client: _Client, mask: int) -> None:
+        """Read and write for one client; whatever goes wrong with it ends that connection only."""
+        if client not in self._clients:
+            return
+        try:
+            if mask & selectors.EVENT_READ:
+                self._read(client)
+            if mask & selectors.EVENT_WRITE and client in self._clients:
+                self._write(client)
+        except Exception as exc:
+            self._report(exc)
+            if client in self._clients:
+                try:
+                    client.sock.send(_line({"kind": "error", "id": None,
+                                            "error": "internal error in the control server; disconnecting"}))
+                except OSError:
+                    pass
+                self._drop(client)
+
+    def _report(self, exc: BaseException) -> None:
+        """Say once on stderr that the I/O thread caught something (it serves on regardless)."""
+        self.errors += 1
+        if self.errors > 1:
+            return
+        try:
+            print(f"tuitrain: warning: the control socket caught {type(exc).__name__}: {clean_text(exc, 200)} "
+                  "(it keeps serving)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
 
     def _take_outbox(self) -> None:
         assert self._wake_r is not None
@@ -589,6 +719,7 @@ class ControlServer:
                 _send_and_close(sock, _line({"kind": "error", "error": f"too many watchers (at most {MAX_CLIENTS})"}))
                 continue
             client = _Client(sock, self.queue_size)
+            workers.parent_only(sock.fileno())
             client.out = _line({"kind": "hello", "protocol": PROTOCOL, "version": VERSION, "pid": os.getpid(),
                                 "run_dir": str(self.run_dir)})
             # A late watcher still gets the planned LR curve and the current boundary frame.
@@ -639,15 +770,14 @@ class ControlServer:
             return
         ident = None
         try:
-            message = json.loads(raw)
+            message = _parse(raw)
             if isinstance(message, dict):
                 ident = message.get("id")
             command = command_from_message(message)
-        except (ValueError, RecursionError) as exc:
-            text = str(exc) if not isinstance(exc, json.JSONDecodeError) else f"not JSON: {exc.msg}"
-            self._enqueue(client, _line({"kind": "error", "id": _plain(ident), "error": text}))
+        except ValueError as exc:
+            self._enqueue(client, _line({"kind": "error", "id": _plain(ident), "error": clean_text(exc, 300)}))
             return
-        self.commands.put(command)
+        self.commands.put(command, source=client)
 
     def _write(self, client: _Client) -> None:
         if not client.out:
@@ -685,6 +815,7 @@ class ControlServer:
             client.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        workers.release(client.sock.fileno())
         client.sock.close()
 
     def _unlink_own(self, address: str) -> None:
@@ -704,12 +835,20 @@ class ControlServer:
 
 
 def _plain(value: Any) -> Any:
-    """An id echoed back: JSON scalars as they are, anything else as a short string."""
-    if value is None or isinstance(value, (bool, int, str)):
+    """An id echoed back: small JSON scalars as they are, anything else as a short description."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if abs(value) < 2 ** 63 else _short(value)
     if isinstance(value, float):
         return value if math.isfinite(value) else None
-    return json.dumps(value)[:200]
+    if isinstance(value, str):
+        return value if len(value) <= MAX_ID else value[:MAX_ID]
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        return _short(value)
+    return text[:MAX_ID]
 
 
 def _send_and_close(sock: socket.socket, data: bytes) -> None:
@@ -722,6 +861,41 @@ def _send_and_close(sock: socket.socket, data: bytes) -> None:
     except OSError:
         pass
     sock.close()
+
+
+PRIVATE_PREFIX = "tuitrain-"
+"""Private socket folders in the temp directory: tuitrain-<pid>-<random>."""
+
+
+def sweep_private_dirs(limit: int = 1000) -> int:
+    """Remove the private socket folders of our runs whose process is gone (SIGKILLed); how many.
+
+    Only folders named tuitrain-<pid>-*, owned by this user, holding nothing but a socket.
+    """
+    removed = 0
+    base = tempfile.gettempdir()
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(PRIVATE_PREFIX)][:limit]
+    except OSError:
+        return 0
+    for name in names:
+        pid_text = name[len(PRIVATE_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit() or pid_alive(int(pid_text)):
+            continue
+        folder = os.path.join(base, name)
+        try:
+            st = os.lstat(folder)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+                continue
+            for entry in os.listdir(folder):
+                target = os.path.join(folder, entry)
+                if entry == SOCKET_NAME and stat.S_ISSOCK(os.lstat(target).st_mode):
+                    os.unlink(target)
+            os.rmdir(folder)
+            removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _remove_socket(link: Path) -> None:

@@ -413,6 +413,96 @@ def parse_lines(data: bytes) -> list[dict[str, Any]]:
 
 #: Bytes read and decoded at a time (bounds the temporary memory of a big first read).
 CHUNK = 8 << 20
+#: A line longer than this is no record tuitrain writes (a flood of NULs after a crash, say):
+#: it is skipped, scanned a chunk at a time and never held in memory.
+MAX_RECORD = 8 << 20
+
+
+class LineReader:
+    """Complete lines of a growing file, from a byte offset on, in bounded pieces.
+
+    One reader for both followers. Each byte is read once (a line split over chunks
+    is joined once, when its newline arrives), so a region without newlines costs
+    linear time, and a line longer than `max_line` is skipped as it is scanned,
+    never held whole: `skipped` counts those, `skipped_at` is where the first began.
+    A partial last line stays unread until it is completed (a resumed run cuts a
+    torn line and appends). A replaced or shrunk file starts over from the top.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], max_line: int | None = None) -> None:
+        self.path = Path(path)
+        self.max_line = MAX_RECORD if max_line is None else max_line
+        self.offset = 0
+        """Just past the last complete line handed out (or skipped)."""
+        self.skipped = 0
+        self.skipped_at: int | None = None
+        self.behind = False
+        """The last read() stopped at its byte budget with more of the file unread."""
+        self._ino: int | None = None
+        self._scan = 0  # bytes after `offset` of an over-long line already skipped
+        self._skipping = False
+
+    def read(self, chunk: int, budget: int | None = None) -> Iterator[tuple[int, bytes]]:
+        """(byte offset, complete lines) pieces from the offset on; about `budget` bytes at most
+        (None: to the end of the file). Advances the offset as each piece is taken."""
+        self.behind = False
+        try:
+            f = open(self.path, "rb")
+        except OSError:
+            return
+        with f:
+            st = os.fstat(f.fileno())
+            if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset + self._scan:
+                self.offset, self._scan, self._skipping = 0, 0, False  # a new file
+            self._ino = st.st_ino
+            if st.st_size <= self.offset + self._scan:
+                return
+            f.seek(self.offset + self._scan)
+            pieces: list[bytes] = []  # the start of a line longer than a chunk, joined when it ends
+            taken = 0
+            while True:
+                if budget is not None and taken >= budget and not pieces:
+                    self.behind = f.tell() < st.st_size
+                    break
+                data = f.read(chunk)
+                if not data:
+                    break
+                taken += len(data)
+                if self._skipping:
+                    nl = data.find(b"\n")
+                    if nl < 0:
+                        self._scan += len(data)
+                        continue
+                    self.offset += self._scan + nl + 1
+                    self._scan, self._skipping = 0, False
+                    data = data[nl + 1:]
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    pieces.append(data)
+                    if sum(map(len, pieces)) > self.max_line:
+                        self._skip(sum(map(len, pieces)))
+                        pieces = []
+                    continue
+                block = b"".join(pieces) + data[:cut + 1] if pieces else data[:cut + 1]
+                pieces = []
+                start = self.offset
+                self.offset += len(block)
+                rest = data[cut + 1:]
+                if rest:
+                    pieces.append(rest)
+                yield start, block
+                if pieces and len(pieces[0]) > self.max_line:
+                    self._skip(len(pieces[0]))
+                    pieces = []
+            # A partial line (not over-long) is read again next time, from its start.
+
+    def _skip(self, scanned: int) -> None:
+        """The line at `offset` is over-long: skip what was scanned of it, and the rest as it comes."""
+        self._skipping = True
+        self._scan = scanned
+        self.skipped += 1
+        if self.skipped_at is None:
+            self.skipped_at = self.offset
 
 
 class MetricsFollower:
@@ -422,7 +512,7 @@ class MetricsFollower:
     stays in the file and is read again once it is completed (so a resumed run
     that cuts a torn line and appends is followed correctly). Survives the file
     not existing yet; starts over from the top if the file is replaced or
-    shrinks below the offset.
+    shrinks below the offset. A line over MAX_RECORD bytes is skipped (LineReader).
 
     `read_new()` gives records (dicts); `read_events()` gives engine events, decoded
     by the follower's own RecordDecoder (fast: no dict per step line). Both
@@ -430,10 +520,16 @@ class MetricsFollower:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.offset = 0
+        self.lines = LineReader(path)
         self.decoder = RecordDecoder()
-        self._ino: int | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.lines.path
+
+    @property
+    def offset(self) -> int:
+        return self.lines.offset
 
     def read_new(self) -> list[dict[str, Any]]:
         """All complete records appended since the last call (cost proportional to the new bytes)."""
@@ -463,32 +559,8 @@ class MetricsFollower:
 
     def _chunks(self, with_offsets: bool = False) -> Iterator[Any]:
         """Complete lines from the offset on, CHUNK bytes or so at a time; advances the offset."""
-        try:
-            f = open(self.path, "rb")
-        except OSError:
-            return
-        with f:
-            st = os.fstat(f.fileno())
-            if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
-                self.offset = 0  # a new file
-            self._ino = st.st_ino
-            if st.st_size == self.offset:
-                return
-            f.seek(self.offset)
-            carry = b""
-            while True:
-                data = f.read(CHUNK)
-                if not data:
-                    return
-                data = carry + data
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    carry = data
-                    continue
-                start = self.offset
-                self.offset += cut + 1  # `data` starts at the old offset; `carry` at the new one
-                carry = data[cut + 1:]
-                yield (start, data[:cut + 1]) if with_offsets else data[:cut + 1]
+        for start, block in self.lines.read(CHUNK):
+            yield (start, block) if with_offsets else block
 
 
 def load_history(run_dir: str | os.PathLike[str], max_step_records: int | None = None) -> list[ev.Event]:

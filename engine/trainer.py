@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from . import schedules
+from . import schedules, workers
 from .batching import Batches, check_data, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause)
-from .config import ConfigError, RunConfig
+from .config import ConfigError, RunConfig, available_cpus
 from .devices import device_name, resolve_device
 from .boundary import BoundaryProbe, boundary_inputs
 from .diagnosis import Diagnostician, Finding
@@ -79,6 +79,47 @@ def _perplexity(loss: float | None) -> float | None:
     if loss is None or not math.isfinite(loss):
         return None
     return math.exp(loss) if loss < 700 else math.inf
+
+
+#: What the preset's own code may raise that is still the preset failing, not a request to exit.
+PRESET_FAILURES: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+#: Characters of an error message kept in events, the summary and on the terminal (error.txt has it all).
+ERROR_CHARS = 300
+#: Characters of a traceback kept in the `error` event (the end, where the error is).
+TRACEBACK_CHARS = 20_000
+
+_ENGINE_DIRS = tuple(str(Path(p).resolve()) + "/" for p in (Path(__file__).parent, Path(torch.__file__).parent,
+                                                           Path(traceback.__file__).parent))
+
+
+def failure_text(exc: BaseException) -> str:
+    """One bounded line for a failure in the preset's code: 'Type: message (at file:line in func)'.
+
+    The place is the deepest frame outside tuitrain's engine, torch and the standard
+    library: the user's own line. The full traceback belongs in error.txt.
+    """
+    message = " ".join(str(exc).split())
+    if len(message) > ERROR_CHARS:
+        message = message[:ERROR_CHARS] + f"\u2026 ({len(message) - ERROR_CHARS:,} more characters in error.txt)"
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if _user_file(f.filename)] or frames
+    if ours:
+        text += f" (at {ours[-1].filename}:{ours[-1].lineno} in {ours[-1].name})"
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _user_file(filename: str) -> bool:
+    """Not tuitrain's engine, torch or the standard library (packages installed next to it count as the user's)."""
+    path = str(Path(filename).resolve())
+    if path.startswith(_ENGINE_DIRS[:2]):
+        return False
+    stdlib = _ENGINE_DIRS[2]
+    return not path.startswith(stdlib) or "-packages/" in path[len(stdlib):]
+
+
+def _tail(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"[{len(text) - limit:,} characters cut; all in error.txt]\n" + text[-limit:]
 
 
 class _Restart(Exception):
@@ -262,7 +303,8 @@ class Trainer:
     # -- setup helpers ---------------------------------------------------------
     def _set_threads(self) -> None:
         if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
+            # Never more than the CPUs here (a resumed run may come from a bigger machine).
+            torch.set_num_threads(min(self.cfg.threads, available_cpus()))
         elif self.device.type == "cpu" and self.parameters < SMALL_MODEL_PARAMS:
             torch.set_num_threads(1)
 
@@ -382,11 +424,11 @@ class Trainer:
             self._train()
         except _EndRun as end:
             status, reason, signal = end.status, str(end), end.signal
-        except Exception as exc:  # the user's model, data or loss raised
-            status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        except PRESET_FAILURES as exc:  # the user's model, data or loss raised (sys.exit() in it too)
+            status, reason = "failed", failure_text(exc)
             error, tb = reason, traceback.format_exc()
             self._safe(self._flush)
-            self.emit(RunFailed(self.step, self._now(), error=error, traceback=tb))
+            self.emit(RunFailed(self.step, self._now(), error=error, traceback=_tail(tb, TRACEBACK_CHARS)))
             self._safe(lambda: self.rundir.write_error(tb))
         self._writer.close()  # every checkpoint on disk before the summary says so
         self._collect_saves()
@@ -394,6 +436,8 @@ class Trainer:
         summary = self._summary(status, reason, signal)
         self._safe(lambda: self.rundir.write_json("summary.json", summary))
         self.emit(RunEnded(self.step, self._now(), status=status, summary=summary))
+        if isinstance(getattr(self, "_metrics_fd", None), int):
+            workers.release(self._metrics_fd)
         self.rundir.close()
         return RunResult(status, self.rundir.path, summary, signal, error, tb)
 
@@ -411,6 +455,9 @@ class Trainer:
             self.history = [row for row in self.rundir.read_json("history.json", []) or []
                             if row.get("epoch", 0) <= self.epoch]
         self.rundir.open_metrics(on_error=self._metrics_write_failed)
+        self._metrics_fd = getattr(self.rundir, "_metrics", None)
+        if isinstance(self._metrics_fd, int):
+            workers.parent_only(self._metrics_fd)  # a DataLoader worker never holds the run's record
         self.emit(RunStarted(
             self.step, self._now(), run_dir=str(self.rundir.path), preset=self.preset.name,
             task=self.preset.task, metric=self.preset.metric_name, device=str(self.device),
@@ -454,7 +501,10 @@ class Trainer:
         cfg = self.cfg
         self.model.train()
         if self.step >= self.total_steps and self.total_steps > 0 and self.epoch < cfg.epochs:
-            raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
+            if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                raise _EndRun("finished", f"reached --max-steps {cfg.max_steps}")
+            raise _EndRun("finished", f"already at step {self.step:,}, past the {self.total_steps:,} steps of "
+                                      f"{cfg.epochs} epochs")
         while self.epoch < cfg.epochs:
             try:
                 self._train_epoch()
@@ -808,13 +858,21 @@ class Trainer:
 
     # -- commands ------------------------------------------------------------------
     def _handle_commands(self) -> None:
-        while True:
+        """Apply what waits, at most one queue's worth: commands that keep arriving wait for the next step."""
+        self._answer_dropped()
+        for _ in range(self.commands.max_pending + 1):
             command = self.commands.get_nowait()
             if command is None:
                 break
             self._apply(command)
         if self.paused:
             self._pause_loop()
+
+    def _answer_dropped(self) -> None:
+        """One `rejected` event per kind of command the bounded queue dropped since the last boundary."""
+        for name, reason, count in self.commands.take_dropped():
+            self.emit(CommandRejected(self.step, self._now(), command=name,
+                                      reason=reason if count == 1 else f"{reason} ({count:,} times)"))
 
     def _apply(self, command: Command) -> None:
         now = self._now()
@@ -893,6 +951,7 @@ class Trainer:
         try:
             while self.paused:
                 command = self.commands.get(timeout=self.cfg.log_interval)
+                self._answer_dropped()
                 if command is not None:
                     self._apply(command)
                 self._collect_saves()

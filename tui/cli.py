@@ -15,17 +15,22 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
+# Before anything can import torch (which warns on every start where numpy is missing).
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
 # Imported up front (standard library only): the signal handler must not
 # import anything, since it can run in the middle of another import.
-from tuitrain.engine.commands import Stop
+from tuitrain.engine.commands import Stop  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -45,8 +50,16 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see tuitrain --help)")
 
 
+_ASCII_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity|nan)",
+                           re.IGNORECASE)
+_ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _number(text: str) -> float:
+    """A plain ASCII number: Python's float() also takes other scripts' digits and underscores."""
     try:
+        if not _ASCII_NUMBER.fullmatch(text.strip()):
+            raise ValueError
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
@@ -56,10 +69,21 @@ def _number(text: str) -> float:
 
 
 def _integer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    """Plain ASCII digits (int() also takes '٣' and '1_000')."""
+    if not _ASCII_INTEGER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def _threads(text: str) -> int:
+    """--threads: at most the CPUs this process may use (more only makes torch slower)."""
+    from tuitrain.engine.config import available_cpus
+
+    value = _integer(text)
+    cpus = available_cpus()
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"{value} is more than the {cpus} CPUs available here")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,14 +136,48 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--patience", type=_integer, help="early stopping after N epochs without improvement (0: off)")
     o.add_argument("--max-steps", type=_integer, help="stop after this many optimizer steps")
     o.add_argument("--on-nan", choices=ON_NAN, help="what a non-finite loss does (default stop)")
-    o.add_argument("--threads", type=_integer,
-                   help="CPU threads for torch (default: 1 for small models); more threads than idle cores "
-                        "make every step wait for busy ones (several times slower), so tuitrain warns")
+    o.add_argument("--threads", type=_threads,
+                   help="CPU threads for torch, at most the CPUs here (default: 1 for small models); more "
+                        "threads than idle cores make every step wait for busy ones (several times slower), "
+                        "so tuitrain warns")
     o.add_argument("--num-workers", type=_integer, help="DataLoader workers for non-tensor datasets")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script (argv None: the process's own command line, and it exits even if a
+    preset left threads running), or a call with an argument list (tests)."""
+    rc = _run(argv)
+    if argv is None:
+        _exit_despite_stray_threads(rc)
+    return rc
+
+
+#: Seconds a thread left running by the preset gets to finish after the run ended.
+STRAY_THREAD_GRACE = 1.0
+
+
+def _exit_despite_stray_threads(rc: int) -> None:
+    """A non-daemon thread started by a preset would keep Python from ever exiting: end the process."""
+    deadline = time.monotonic() + STRAY_THREAD_GRACE
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    strays = [t.name for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not strays:
+        return
+    try:
+        print(f"tuitrain: warning: {len(strays)} thread(s) still running after the run ended "
+              f"({', '.join(strays[:5])}); exiting anyway", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(rc)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
     # Installed first: a signal during the slow torch import or set-up ends
     # the process cleanly; once training runs, it becomes a Stop command.
@@ -418,25 +476,25 @@ class PreparedRun:
         from tuitrain.engine import checkpoint as ckpt
         from tuitrain.engine.config import ConfigError
         from tuitrain.engine.rundir import RunDir
-        from tuitrain.engine.trainer import Trainer
+        from tuitrain.engine.trainer import PRESET_FAILURES, Trainer, failure_text
 
         try:
             return Trainer(self.cfg, self.preset, self.run_dir, resume=self.state, **trainer_kwargs)
         except (ckpt.CheckpointError, ConfigError) as exc:
             raise UsageError(str(exc)) from None
-        except Exception as exc:
+        except PRESET_FAILURES as exc:  # sys.exit() or KeyboardInterrupt in preset code is the preset failing
             tb = traceback.format_exc()
-            print(tb.rstrip(), file=sys.stderr)
+            reason = failure_text(exc)
             rundir = RunDir(self.run_dir)
             try:
                 rundir.write_error(tb)
                 rundir.write_json("summary.json", {
-                    "status": "failed", "reason": f"{type(exc).__name__}: {exc}", "preset": self.preset.name,
+                    "status": "failed", "reason": reason, "preset": self.preset.name,
                     "steps": 0, "epochs": 0, "run_dir": str(self.run_dir)})
             except OSError:
                 pass
-            print(f"tuitrain: the preset failed while building its data or model: {type(exc).__name__}: {exc} "
-                  f"(details in {self.run_dir}/error.txt)", file=sys.stderr)
+            print(f"tuitrain: the preset failed while building its data or model: {reason} "
+                  f"(the traceback is in {self.run_dir}/error.txt)", file=sys.stderr)
             return EXIT_FAILED
 
     def discard(self) -> None:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.checkpoint import size_text
+from tuitrain.engine.commands import Stop, clean_text
+
+#: The longest line the reporter prints (anything longer is cut, marked with an ellipsis).
+MAX_LINE_CHARS = 2000
 
 if TYPE_CHECKING:
     from tuitrain.tui.cli import PreparedRun, SignalRelay
@@ -29,6 +33,11 @@ class HeadlessReporter:
         self._epoch_step = 0
         self._paused_at: float | None = None
         self._paused = 0.0
+        self.run_dir = "RUN_DIR"
+        self.commands: Any = None
+        """The run's CommandQueue, once it is built (run_headless sets it)."""
+        self.steerable = False
+        """A control socket serves the run: `tuitrain watch` can steer it."""
 
     def __call__(self, event: ev.Event) -> None:
         handler = getattr(self, f"_on_{type(event).__name__}", None)
@@ -36,9 +45,11 @@ class HeadlessReporter:
             handler(event)
 
     def _print(self, text: str, *, err: bool = False) -> None:
+        """One line, always: text from a watcher or a preset (a stop reason, an error message) could
+        otherwise carry newlines and terminal escape sequences."""
         stream = self.err if err else self.out
         try:
-            print(text, file=stream, flush=True)
+            print(clean_text(text, MAX_LINE_CHARS), file=stream, flush=True)
         except (OSError, ValueError):  # closed pipe or file: keep training regardless
             pass
 
@@ -52,6 +63,7 @@ class HeadlessReporter:
                     f"{e.val_size:,} val | {e.steps_per_epoch} steps/epoch x {e.config['epochs']} epochs | "
                     f"{e.parameters:,} parameters")
         self._print(f"run dir: {e.run_dir}")
+        self.run_dir = e.run_dir
 
     def _on_SchedulePreview(self, e: ev.SchedulePreview) -> None:
         if e.step == self._epoch_step:  # computing a long plan is not training time
@@ -72,7 +84,8 @@ class HeadlessReporter:
                     f"{e.metric} {e.val_metric:.4f}{extras} | {rate:,.0f} steps/s{best}")
 
     def _on_Hint(self, e: ev.Hint) -> None:
-        self._print(f"hint: {e.message} ({e.evidence}); {e.remedy}", err=e.severity == "warning")
+        remedy = e.remedy.replace("(press l)", "(tuitrain watch, then l)")  # no keys in headless mode
+        self._print(f"hint: {e.message} ({e.evidence}); {remedy}", err=e.severity == "warning")
 
     def _on_Sample(self, e: ev.Sample) -> None:
         self._print(f"sample  epoch {e.epoch}: {e.text!r}")
@@ -91,6 +104,22 @@ class HeadlessReporter:
     def _on_NonFinite(self, e: ev.NonFinite) -> None:
         what = {"stop": "stopping", "pause": "pausing", "skip": f"skipped {e.count} update(s)"}[e.action]
         self._print(f"warning: non-finite loss at step {e.step}; {what}", err=True)
+        if e.action == "pause":
+            self._paused_on_nan(e)
+
+    def _paused_on_nan(self, e: ev.NonFinite) -> None:
+        """--on-nan pause with no keys to press: say how to steer the run, or stop if nothing can."""
+        where = ("nothing to roll back to (no checkpoint yet)" if e.rolled_back_to is None
+                 else f"rolled back to step {e.rolled_back_to}")
+        if not self.steerable:
+            self._print(f"paused on a non-finite loss, {where}; no control socket, so nothing can steer this "
+                        "run: stopping", err=True)
+            if self.commands is not None:
+                self.commands.put(Stop(reason="--on-nan pause, headless, with no control socket to steer it"))
+            return
+        import os
+        self._print(f"paused on a non-finite loss, {where}; the run waits: tuitrain watch {self.run_dir} "
+                    f"(l lowers the LR, p resumes, x stops), or stop it: kill -INT {os.getpid()}", err=True)
 
     def _on_Paused(self, e: ev.Paused) -> None:
         self._paused_at = time.perf_counter()
@@ -116,7 +145,7 @@ class HeadlessReporter:
         self._print(f"stopping at step {e.step}: {e.reason}")
 
     def _on_RunFailed(self, e: ev.RunFailed) -> None:
-        self._print(e.traceback.rstrip(), err=True)
+        pass  # bounded: RunEnded prints the error in one line; the traceback is in error.txt
 
     def _on_RunEnded(self, e: ev.RunEnded) -> None:
         for text, err in final_lines(e, self.metric):
@@ -151,10 +180,12 @@ def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
 
     # The reporter hears every event as a listener; nobody reads the EventBuffer here, so it keeps
     # nothing (a full one holds 10,000 events: over a GB of step batches in a long fast run).
-    trainer = run.start(relay, listeners=[HeadlessReporter()], events=ev.EventBuffer(maxlen=0),
+    reporter = HeadlessReporter()
+    trainer = run.start(relay, listeners=[reporter], events=ev.EventBuffer(maxlen=0),
                         boundary=run.for_watchers)
     if isinstance(trainer, int):
         return trainer
+    reporter.commands, reporter.steerable = trainer.commands, run.control is not None
     try:
         return exit_code(trainer.run())
     finally:

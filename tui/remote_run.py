@@ -104,6 +104,7 @@ class RemoteRun:
         first chunk, so that the frame is not slowed by parsing the rest (the GIL is shared)."""
         self._stop = threading.Event()
         self._rates = _Rates()
+        self._skip_noted = False
 
     # -- what the app reads --------------------------------------------------------------
     @property
@@ -179,7 +180,8 @@ class RemoteRun:
                 return
             if not self.first_frame.is_set() and any(isinstance(e, ev.StepStats) for e in events):
                 self.first_frame.wait(FIRST_FRAME_WAIT)
-            if records:
+            self._note_skipped(follower)
+            if records or getattr(follower, "behind", False):
                 quiet_since = None
                 continue  # more history may be waiting: read on without sleeping
             self.history_loaded.set()
@@ -191,6 +193,15 @@ class RemoteRun:
                 if self._gone(now - quiet_since):
                     return
             self._stop.wait(self.poll_interval)
+
+    def _note_skipped(self, follower: Any) -> None:
+        """One warning in the log for the first over-long line of metrics.jsonl (not a record)."""
+        lines = getattr(follower, "lines", None)
+        if lines is None or not lines.skipped or self._skip_noted:
+            return
+        self._skip_noted = True
+        self.note("warning", f"{follower.path}: skipping a line longer than {lines.max_line >> 20} MiB at byte "
+                             f"{lines.skipped_at:,} (not a record tuitrain writes); reading on")
 
     def _should_check(self, now: float, last: float) -> bool:
         """Is it time to ask whether the run is still there?"""
@@ -253,46 +264,38 @@ class RemoteRun:
 
 
 class ChunkedFollower:
-    """Tails metrics.jsonl like engine/replay.py's MetricsFollower, at most `chunk` bytes a call.
+    """Tails metrics.jsonl like engine/replay.py's MetricsFollower, about `chunk` bytes a call.
 
     A million-step history is ~100 MB: read whole, the first frame would wait
     seconds for the last line. A chunk at a time, the plots fill in while the
-    rest loads, and memory holds one chunk of records at a time.
+    rest loads, and memory holds one chunk of records at a time. The lines come
+    from replay.LineReader: a region without newlines is scanned once, a chunk a
+    call (so the watcher stays responsive), and an over-long line is skipped.
     """
 
     def __init__(self, path: Path, chunk: int = 1 << 20) -> None:
+        from tuitrain.engine.replay import LineReader
+
         self.path = path
         self.chunk = chunk
-        self.offset = 0
-        self._ino: int | None = None
+        self.lines = LineReader(path)
+
+    @property
+    def offset(self) -> int:
+        return self.lines.offset
+
+    @property
+    def behind(self) -> bool:
+        """More of the file is waiting: read again without sleeping."""
+        return self.lines.behind
 
     def read_new(self) -> list[dict[str, Any]]:
         from tuitrain.engine.replay import parse_lines
 
-        try:
-            f = open(self.path, "rb")
-        except OSError:
-            return []
-        with f:
-            st = os.fstat(f.fileno())
-            if (self._ino is not None and st.st_ino != self._ino) or st.st_size < self.offset:
-                self.offset = 0  # a new file
-            self._ino = st.st_ino
-            if st.st_size == self.offset:
-                return []
-            f.seek(self.offset)
-            data = f.read(self.chunk)
-            cut = data.rfind(b"\n")
-            while cut < 0 and len(data) < st.st_size - self.offset:  # one line longer than a chunk
-                more = f.read(self.chunk)
-                if not more:
-                    break
-                data += more
-                cut = data.rfind(b"\n")
-            if cut < 0:
-                return []  # a line still being written
-            self.offset += cut + 1
-            return parse_lines(data[:cut + 1])
+        out: list[dict[str, Any]] = []
+        for _start, block in self.lines.read(self.chunk, budget=self.chunk):
+            out.extend(parse_lines(block))
+        return out
 
 
 class _Rates:
