@@ -269,7 +269,8 @@ def test_run_dir_read_only_until_the_end_still_ends_cleanly(tmp_path: Path, chat
     assert err.splitlines()[-1].startswith("tuitrain: error: the run's record is incomplete: ")
     assert "summary.json" in err.splitlines()[-1]
     # Writable again: a resume clears what the frozen folder kept, and goes on.
-    p = subprocess.run([str(Path(sys.executable).with_name("tuitrain")), "--resume", str(R), "--headless",
+    p = subprocess.run([str(Path(sys.executable).with_name("tuitrain")), "--resume", str(R),
+                        "--preset", str(preset), "--headless",
                         "--epochs", "9"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     assert temp_files(R) == []
