@@ -47,7 +47,9 @@ class TensorBatches:
         self.x = x.to(device)
         self.y = y.to(device)
         self.size = len(x)
-        self.batch_size = batch_size
+        # A batch larger than the split is the whole split (sliced with a huge size, torch's
+        # int64 index arithmetic would overflow); the count below still uses the size asked for.
+        self.batch_size = min(batch_size, max(self.size, 1))
         self.seed = seed
         self.shuffle = shuffle
         self.batches_per_epoch = count_batches(self.size, batch_size, drop_last)
@@ -74,7 +76,7 @@ class LoaderBatches:
                  shuffle: bool = True, drop_last: bool = False, num_workers: int = 0) -> None:
         self.dataset = dataset
         self.size = len(dataset)  # type: ignore[arg-type]
-        self.batch_size = batch_size
+        self.batch_size = min(batch_size, max(self.size, 1))  # as in TensorBatches
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last

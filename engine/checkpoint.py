@@ -12,13 +12,15 @@ refused, never executed), and leftover or missing keys are an error.
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 import queue
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,8 +36,7 @@ KEYS = frozenset({
     "scaler_state_dict", "epoch", "step", "batch_in_epoch", "lr_multiplier", "best_val_loss",
     "best_epoch", "early_stop_counter", "epoch_totals", "rng", "config", "preset",
 })
-#: Keys a checkpoint may lack (an older tuitrain did not write them).
-OPTIONAL_KEYS = frozenset({"diagnosis"})
+"""The keys every checkpoint has (the checks for each are in FIELDS, below)."""
 
 
 class CheckpointError(Exception):
@@ -226,14 +227,284 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{p} is not a tuitrain checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{p} has checkpoint version {state.get('version')!r}; this tuitrain reads {VERSION}")
-    keys = set(state) - (OPTIONAL_KEYS & set(state))
-    if keys != KEYS:
-        extra, missing = sorted(keys - KEYS), sorted(KEYS - keys)
+    keys = set(state)
+    known = KEYS | set(OPTIONAL)
+    if not KEYS <= keys <= known:
+        extra, missing = sorted(map(str, keys - known)), sorted(KEYS - keys)
         detail = "; ".join(s for s in (extra and f"unexpected keys {extra}", missing and f"missing keys {missing}") if s)
         raise CheckpointError(f"{p} does not match the checkpoint format: {detail}")
-    if "diagnosis" in state and not isinstance(state["diagnosis"], dict):
-        raise CheckpointError(f"{p} does not match the checkpoint format: 'diagnosis' is not a dict")
+    validate(state, p)
     return state
+
+
+# -- what each field may hold ------------------------------------------------------------------
+#
+# A checkpoint that loads is still only data: every field is checked here, before any of it
+# is used, so a bad value is one line (exit 2) instead of a traceback in the middle of building
+# the run. What only the run can know (the model's shapes, the optimizer's and scheduler's
+# structure) is checked against the freshly built objects in Trainer.load_state.
+
+_MAX_COUNT = 2**63 - 1
+#: Enough for any config string (a preset path, a device); a longer one is not ours.
+_MAX_TEXT = 4096
+
+
+class _Bad(Exception):
+    """A field's value does not fit: `text` says how, `field` where (added on the way out)."""
+
+    def __init__(self, text: str, field: str = "") -> None:
+        super().__init__(text)
+        self.text, self.field = text, field
+
+
+def _int(value: Any, low: int = 0, high: int = _MAX_COUNT) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"must be an integer, not {_kind(value)}")
+    if not low <= value <= high:
+        raise _Bad(f"must be between {low} and {high}, not {value}")
+
+
+def _real(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Bad(f"must be a number, not {_kind(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise _Bad("is too large") from None
+    if math.isnan(number):
+        raise _Bad("must not be NaN")
+    return number
+
+
+def _positive_finite(value: Any) -> None:
+    number = _real(value)
+    if not (math.isfinite(number) and number > 0):
+        raise _Bad(f"must be a finite positive number, not {value!r}")
+
+
+def _loss_or_inf(value: Any) -> None:
+    """A best validation loss: finite, or +inf before the first evaluation."""
+    if _real(value) == -math.inf:
+        raise _Bad("must be finite or +inf, not -inf")
+
+
+def _text(value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"must be a non-empty string, not {_kind(value)}")
+    if len(value) > _MAX_TEXT:
+        raise _Bad(f"is {len(value)} characters long (at most {_MAX_TEXT})")
+
+
+def _tensor(value: Any, *, dtype: torch.dtype | None = None, ndim: int | None = None,
+            numel: int | None = None) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise _Bad(f"must be a tensor, not {_kind(value)}")
+    if dtype is not None and value.dtype != dtype:
+        raise _Bad(f"must be a {dtype} tensor, not {value.dtype}")
+    if ndim is not None and value.dim() != ndim:
+        raise _Bad(f"must be a {ndim}-D tensor, not {value.dim()}-D")
+    if numel is not None and value.numel() != numel:
+        raise _Bad(f"must hold {numel} numbers, not {value.numel()}")
+
+
+def _dict(value: Any, *, str_keys: bool = True) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise _Bad(f"must be a dict, not {_kind(value)}")
+    if str_keys and not all(isinstance(k, str) for k in value):
+        raise _Bad("must have string keys")
+    return value
+
+
+def _model_state(value: Any) -> None:
+    for name, tensor in _dict(value).items():
+        if not isinstance(tensor, torch.Tensor):
+            raise _Bad(f"must be a tensor, not {_kind(tensor)}", str(name))
+
+
+def _optimizer_state(value: Any) -> None:
+    state = _dict(value)
+    if set(state) != {"state", "param_groups"}:
+        raise _Bad("must hold exactly 'state' and 'param_groups'")
+    _dict(state["state"], str_keys=False)
+    groups = state["param_groups"]
+    if not isinstance(groups, list) or not groups:
+        raise _Bad("must be a non-empty list", "param_groups")
+    for group in groups:
+        params = _dict(group).get("params")
+        if not isinstance(params, list) or any(isinstance(i, bool) or not isinstance(i, int) for i in params):
+            raise _Bad("must each have a list of parameter indices", "param_groups")
+
+
+def _epoch_totals(value: Any) -> None:
+    totals = _dict(value)
+    missing = {"loss_partials", "steps", "samples", "correct"} - set(totals)
+    extra = set(totals) - {"loss_partials", "steps", "samples", "targets", "correct"}
+    if missing or extra:
+        raise _Bad(f"must hold loss_partials, steps, samples, targets, correct (missing {sorted(missing)}, "
+                   f"unexpected {sorted(map(str, extra))})")
+    partials = totals["loss_partials"]
+    if not isinstance(partials, list) or len(partials) > 1024:
+        raise _Bad("must be a short list of numbers", "loss_partials")
+    for number in partials:
+        _field("loss_partials", _real, number)
+    for name in ("steps", "samples", "targets"):
+        if name in totals:
+            _field(name, _int, totals[name])
+    _field("correct", lambda t: _tensor(t, dtype=torch.int64, ndim=0), totals["correct"])
+
+
+def _rng(value: Any) -> None:
+    """Each generator's state, tried on a throwaway generator of the same kind (which checks it fully)."""
+    rng = _dict(value)
+    missing = {"torch", "cuda", "python", "python_version", "python_gauss"} - set(rng)
+    if missing:
+        raise _Bad(f"lacks {sorted(missing)}")
+    _field("torch", lambda t: _tensor(t, dtype=torch.uint8, ndim=1), rng["torch"])
+    try:
+        torch.Generator().set_state(rng["torch"])
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise _Bad(f"is not a CPU generator state ({_first_line(exc)})", "torch") from None
+    cuda = rng["cuda"]
+    if not isinstance(cuda, list):
+        raise _Bad(f"must be a list, not {_kind(cuda)}", "cuda")
+    for state in cuda:
+        _field("cuda", lambda t: _tensor(t, dtype=torch.uint8, ndim=1), state)
+    _field("python", lambda t: _tensor(t, dtype=torch.int64, ndim=1), rng["python"])
+    if rng["python_gauss"] is not None:
+        _field("python_gauss", _real, rng["python_gauss"])
+    try:
+        random.Random().setstate((rng["python_version"], tuple(int(v) for v in rng["python"].tolist()),
+                                  rng["python_gauss"]))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _Bad(f"is not a random module state ({_first_line(exc)})", "python") from None
+    if "numpy" in rng:
+        numpy = _dict(rng["numpy"])
+        if set(numpy) != {"keys", "pos", "has_gauss", "cached"}:
+            raise _Bad("must hold keys, pos, has_gauss, cached", "numpy")
+        _field("numpy.keys", lambda t: _tensor(t, dtype=torch.int64, ndim=1, numel=624), numpy["keys"])
+        _field("numpy.pos", lambda v: _int(v, 0, 624), numpy["pos"])
+        _field("numpy.has_gauss", lambda v: _int(v, 0, 1), numpy["has_gauss"])
+        _field("numpy.cached", _real, numpy["cached"])
+        if ((numpy["keys"] < 0) | (numpy["keys"] >= 2**32)).any():
+            raise _Bad("must be 32-bit unsigned numbers", "numpy.keys")
+
+
+#: field -> its check. Every key in KEYS has one; OPTIONAL keys may be absent (an older
+#: checkpoint) and are checked when present. Add a key by adding a line here.
+FIELDS: dict[str, Callable[[Any], Any]] = {
+    "format": _text,
+    "version": _int,
+    "model_state_dict": _model_state,
+    "optimizer_state_dict": _optimizer_state,
+    "scheduler_state_dict": _dict,
+    "scaler_state_dict": _dict,
+    "epoch": _int,
+    "step": _int,
+    "batch_in_epoch": _int,
+    "lr_multiplier": _positive_finite,
+    "best_val_loss": _loss_or_inf,
+    "best_epoch": lambda v: _int(v, -1),
+    "early_stop_counter": _int,
+    "epoch_totals": _epoch_totals,
+    "rng": _rng,
+    "config": _dict,
+    "preset": _text,
+}
+OPTIONAL: dict[str, Callable[[Any], Any]] = {
+    # The hint rules' windows (engine/diagnosis.py); their contents are checked when restored.
+    "diagnosis": _dict,
+}
+OPTIONAL_KEYS = frozenset(OPTIONAL)
+"""Keys a checkpoint may lack (an older tuitrain did not write them)."""
+
+
+def validate(state: dict[str, Any], path: str | os.PathLike[str] = "the checkpoint") -> None:
+    """Check every field's type, shape and range; the first that does not fit is a CheckpointError."""
+    missing = KEYS - set(state)
+    if missing:
+        raise CheckpointError(f"{path} does not match the checkpoint format: missing keys {sorted(missing)}")
+    for name in sorted(set(state) & (set(FIELDS) | set(OPTIONAL))):
+        check = FIELDS.get(name) or OPTIONAL[name]
+        try:
+            _field(name, check, state[name])
+        except _Bad as exc:
+            raise CheckpointError(f"{path}: bad {exc.field}: it {exc.text}; this checkpoint cannot be "
+                                  "resumed") from None
+    if state["best_epoch"] > state["epoch"]:
+        raise CheckpointError(f"{path}: bad best_epoch: {state['best_epoch']} is after the checkpoint's "
+                              f"epoch {state['epoch']}; this checkpoint cannot be resumed")
+
+
+def _field(name: str, check: Callable[[Any], Any], value: Any) -> None:
+    """Run one check; a failure names the field (nested fields join with dots)."""
+    try:
+        check(value)
+    except _Bad as exc:
+        raise _Bad(exc.text, f"{name}.{exc.field}" if exc.field else name) from None
+    except (TypeError, ValueError, RuntimeError, OverflowError, AttributeError, IndexError) as exc:
+        raise _Bad(f"does not fit ({type(exc).__name__}: {_first_line(exc)})", name) from None
+
+
+def check_like(fresh: Any, saved: Any, where: str) -> None:
+    """`saved` has the structure of `fresh` (a state dict the run just built); CheckpointError if not.
+
+    For the optimizer's, scheduler's and scaler's state, whose layout only the
+    built objects know: the same keys (the saved side may lack one that a newer
+    torch added), numbers where numbers are (none NaN), flags, strings, lists
+    of the same length, tensors of the same shape.
+    """
+    try:
+        _like(fresh, saved)
+    except _Bad as exc:
+        at = f"{where}.{exc.field}" if exc.field else where
+        raise CheckpointError(f"the checkpoint's {at} does not fit this run: it {exc.text}") from None
+
+
+def _like(fresh: Any, saved: Any) -> None:
+    if isinstance(fresh, dict):
+        _dict(saved, str_keys=False)
+        extra = [k for k in saved if k not in fresh]
+        if extra:
+            raise _Bad(f"has unexpected keys {sorted(map(str, extra))[:5]}")
+        for key in saved:
+            _field(str(key), lambda v, k=key: _like(fresh[k], v), saved[key])
+    elif isinstance(fresh, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(fresh):
+            raise _Bad(f"must be a list of {len(fresh)}, not {_kind(saved)}")
+        for i, (a, b) in enumerate(zip(fresh, saved)):
+            _field(str(i), lambda v, a=a: _like(a, v), b)
+    elif isinstance(fresh, torch.Tensor):
+        _tensor(saved)
+        if saved.shape != fresh.shape:
+            raise _Bad(f"must have shape {tuple(fresh.shape)}, not {tuple(saved.shape)}")
+        if saved.is_floating_point() and not bool(torch.isfinite(saved).all()) and bool(torch.isfinite(fresh).all()):
+            raise _Bad("must hold finite numbers")
+    elif fresh is None or isinstance(fresh, bool):
+        if saved is not None and not isinstance(saved, bool):
+            raise _Bad(f"must be true, false or None, not {_kind(saved)}")
+    elif isinstance(fresh, (int, float)):
+        if isinstance(saved, torch.Tensor) and saved.dim() == 0:
+            saved = saved.item()
+        _real(saved)
+        if isinstance(fresh, int) and not isinstance(saved, int):
+            raise _Bad(f"must be an integer, not {_kind(saved)}")
+    elif isinstance(fresh, str):
+        if not isinstance(saved, str) or len(saved) > _MAX_TEXT:
+            raise _Bad(f"must be a string, not {_kind(saved)}")
+    elif type(saved) is not type(fresh):
+        raise _Bad(f"must be a {type(fresh).__name__}, not {_kind(saved)}")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40] + '...' if len(text) > 40 else text}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:160] + "..." if len(text) > 160 else text
 
 
 def size_text(n: int) -> str:

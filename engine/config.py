@@ -123,6 +123,10 @@ class RunConfig:
         _choice(self, "scheduler", SCHEDULERS)
         _choice(self, "on_nan", ON_NAN)
         _choice(self, "amp_dtype", AMP_DTYPES)
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError(f"--nesterov must be true or false, got {self.nesterov!r}")
+        if self.amp is not None and not isinstance(self.amp, bool):
+            raise ConfigError(f"--amp must be true, false or unset, got {self.amp!r}")
         if self.nesterov and self.optimizer != "sgd":
             raise ConfigError("--nesterov only applies to --optimizer sgd")
         if not isinstance(self.device, str) or not self.device.strip():

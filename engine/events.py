@@ -191,6 +191,13 @@ class CheckpointFailed(Event):
     path: str
     error: str
     reason: str
+    previous: bool = True
+    """Whether an earlier checkpoint is still at `path` (none yet, or its folder is gone: False)."""
+
+    @property
+    def outcome(self) -> str:
+        """What the failure leaves, in words, for the viewers."""
+        return "the previous checkpoint is intact" if self.previous else "no earlier checkpoint exists there"
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,20 @@ them again; the first failure of each streak is reported (a write_failed event).
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
+import stat
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .checkpoint import atomic_write_bytes, atomic_write_text
 from .events import clean_json
+
+# engine/checkpoint.py (atomic writes) imports torch: imported where a file is written, so that
+# the readers here (`tuitrain runs`, `watch`: viewers, which never import torch) can use this module.
 
 
 #: The temp files of atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
@@ -32,6 +37,179 @@ _TEMP_FILE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp|write-test-\d+)$")
 
 class RunDirError(Exception):
     """The run directory cannot be created or written; one line for the user."""
+
+
+#: The files a run reads or writes in its directory (and checkpoints/): each must be a regular
+#: file, never a link, a folder or a FIFO. (control.sock is a socket, or a link to one for a long path.)
+RUN_FILES = ("config.json", "metrics.jsonl", "history.json", "summary.json", "error.txt", "run.pid",
+             "output.log", "run.lock")
+CHECKPOINT_FILES = ("latest.pt", "best.pt")
+LOCK_NAME = "run.lock"
+#: What may be in a folder a new run goes into: what starting a run there leaves before it writes
+#: anything of its own (its lock, `--detach`'s log, the empty checkpoints/ folder).
+_FRESH = {LOCK_NAME, "output.log", "checkpoints"}
+#: Linux's limits on a file name and a whole path, in bytes.
+NAME_MAX, PATH_MAX = 255, 4095
+
+
+def check_path(text: str | os.PathLike[str], what: str) -> Path:
+    """A path the user gave, checked before any file call can raise on it (one line, not a traceback)."""
+    raw = os.fsencode(text)
+    if b"\0" in raw:
+        raise RunDirError(f"{what}: the path contains a NUL byte")
+    if len(raw) > PATH_MAX:
+        raise RunDirError(f"{what}: the path is {len(raw):,} bytes long (at most {PATH_MAX})")
+    for part in raw.split(b"/"):
+        if len(part) > NAME_MAX:
+            name = os.fsdecode(part)
+            raise RunDirError(f"{what}: a name in the path is {len(part)} bytes long (at most {NAME_MAX}): "
+                              f"{name[:24]}...{name[-8:]}")
+    return Path(os.fsdecode(raw))
+
+
+def irregular_files(path: Path) -> list[str]:
+    """The run files in `path` that exist but are not regular files (links, folders, FIFOs ...)."""
+    bad = []
+    for name in (*RUN_FILES, "checkpoints", *(f"checkpoints/{n}" for n in CHECKPOINT_FILES)):
+        try:
+            mode = os.lstat(path / name).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            bad.append(name)
+            continue
+        if not (stat.S_ISDIR(mode) if name == "checkpoints" else stat.S_ISREG(mode)):
+            bad.append(name)
+    return bad
+
+
+def check_run_files(path: Path) -> None:
+    """Refuse a run directory whose files tuitrain would follow out of it or hang on."""
+    bad = irregular_files(path)
+    if bad:
+        raise RunDirError(f"{path}: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a regular "
+                          f"{'file' if bad != ['checkpoints'] else 'folder'} (a link, a folder or a FIFO); "
+                          "tuitrain reads and writes only its own files there")
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """What in `path` a new run would overwrite or mix with (empty when it may start there)."""
+    try:
+        names = sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # nothing there yet (or a file: creating the folder says so)
+    except OSError as exc:
+        raise RunDirError(f"cannot read the run directory {path}: {exc.strerror or exc}") from None
+    out = []
+    for name in names:
+        if name not in _FRESH and not _TEMP_FILE.match(name):
+            out.append(name)
+        elif name == "checkpoints":
+            try:
+                if not stat.S_ISDIR(os.lstat(path / name).st_mode) or os.listdir(path / name):
+                    out.append(name)
+            except OSError:
+                out.append(name)
+    return out
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """history.json as rows (an absent file is no rows); a file of another shape is a RunDirError."""
+    file = path / "history.json"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        rows = json.loads(text)
+    except ValueError:
+        rows = None
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and type(r.get("epoch")) is int for r in rows):
+        raise RunDirError(f"{file} is not a list of epoch rows (each with an integer epoch); "
+                          "restore it from a backup or remove it, then resume")
+    return rows
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held for the run's whole life.
+
+    A POSIX record lock (fcntl F_SETLK) on RUN_DIR/run.lock: the kernel drops
+    it when the process ends however it ends (so a dead run's lock is simply
+    free again), and a child never inherits it (not a forked DataLoader
+    worker, not a spawned background run). Such a lock is also dropped when
+    the process closes any descriptor of the file, so this process opens it
+    only here, once per directory (the registry below).
+    """
+
+    _held: dict[str, "RunLock"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path, fd: int, key: str) -> None:
+        self.path, self._fd, self._key = path, fd, key
+
+    @classmethod
+    def acquire(cls, path: str | os.PathLike[str]) -> "RunLock":
+        """Take the lock (creating run.lock); a RunDirError when another run holds it."""
+        path = Path(path)
+        key = os.path.realpath(path)
+        with cls._guard:
+            if key in cls._held:
+                raise RunDirError(f"another run in this process is using {path}")
+            file = path / LOCK_NAME
+            try:
+                fd = os.open(file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise RunDirError(f"cannot lock the run directory {path}: {exc.strerror or exc}") from None
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = _lock_holder(fd)
+                os.close(fd)
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    who = f" (pid {holder})" if holder else ""
+                    raise RunDirError(f"another tuitrain run{who} is using {path}; watch it with: "
+                                      f"tuitrain watch {path}") from None
+                raise RunDirError(f"cannot lock the run directory {path}: {exc.strerror or exc}") from None
+            lock = cls(path, fd, key)
+            cls._held[key] = lock
+        return lock
+
+    def release(self) -> None:
+        """Let another run have the directory (idempotent)."""
+        with self._guard:
+            if self._fd < 0:
+                return
+            self._held.pop(self._key, None)
+            os.close(self._fd)  # closing drops the lock
+            self._fd = -1
+
+    def remove(self) -> None:
+        """Release and delete run.lock: only for a folder this run created and is about to remove."""
+        self.release()
+        try:
+            os.unlink(self.path / LOCK_NAME)
+        except OSError:
+            pass
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid holding the lock on `fd`'s file, as the kernel reports it (None if it cannot say)."""
+    import struct
+
+    try:
+        query = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+        kind, _, _, _, pid = struct.unpack("hhqqi4x", answer)
+    except (OSError, struct.error):
+        return None
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
 
 
 def new_run_path(root: str | os.PathLike[str], preset_name: str) -> Path:
@@ -55,6 +233,41 @@ class RunDir:
         """Records dropped because metrics.jsonl could not be written for too long."""
 
     # -- creation -----------------------------------------------------------
+    def claim(self, *, resume: bool) -> RunLock:
+        """Lock the directory for this run and check it may be used, before anything is written there.
+
+        A new run goes only into a folder that does not exist or is empty (what
+        starting a run leaves aside); a resumed one only where every run file is
+        a regular file. The caller holds the returned lock for the run's life.
+        """
+        if not resume:
+            self._refuse_foreign()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot write the run directory {self.path}: {exc.strerror or exc}") from None
+        lock = RunLock.acquire(self.path)
+        try:
+            check_run_files(self.path)
+            if not resume:
+                self._refuse_foreign()  # again, now that no other run can start here
+            self.create(resume=resume)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def _refuse_foreign(self) -> None:
+        foreign = foreign_entries(self.path)
+        if not foreign:
+            return
+        if any(name in foreign for name in ("metrics.jsonl", "config.json", "summary.json", "checkpoints")):
+            raise RunDirError(f"{self.path} already holds a run; use --resume {self.path} to continue it, "
+                              "or choose another --run-dir")
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise RunDirError(f"{self.path} is not empty (it holds {shown}); a new run goes into a new or empty "
+                          "folder: choose another --run-dir")
+
     def create(self, *, resume: bool = False) -> "RunDir":
         """Make the folders and prove we can write there, before any training."""
         try:
@@ -98,6 +311,8 @@ class RunDir:
         return (json.dumps(clean_json(data), indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
 
     def write_json(self, name: str, data: Any) -> None:
+        from .checkpoint import atomic_write_bytes
+
         atomic_write_bytes(self.path / name, lambda f: f.write(self.json_bytes(data)))
 
     def read_json(self, name: str, default: Any = None) -> Any:
@@ -107,6 +322,8 @@ class RunDir:
             return default
 
     def write_error(self, text: str) -> None:
+        from .checkpoint import atomic_write_text
+
         atomic_write_text(self.path / "error.txt", text)
 
     # -- metrics.jsonl --------------------------------------------------------
@@ -119,9 +336,8 @@ class RunDir:
     def open_metrics(self, on_error: Callable[[Path, str], None] | None = None) -> None:
         """Open metrics.jsonl for appending; `on_error(path, message)` hears of the first failed write
         of each streak (the records wait in memory and are written once the disk takes them)."""
-        path = self.path / "metrics.jsonl"
-        _drop_partial_last_line(path)
-        self._metrics = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        self._metrics = _open_metrics(self.path / "metrics.jsonl")
+        _drop_partial_last_line(self._metrics)
         self._pending: list[str] = []
         self._pending_size = 0
         self._unwritten = b""  # what a failed or short write left, starting where the file ends
@@ -177,23 +393,45 @@ class RunDir:
             self._metrics = None
 
 
-def _drop_partial_last_line(path: Path) -> None:
+def _open_metrics(path: Path) -> int:
+    """metrics.jsonl for appending: a regular file of this directory, never a link followed elsewhere."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o666)
+    except OSError as exc:
+        raise RunDirError(f"cannot open {path}: {exc.strerror or exc} (it must be a regular file, not a link "
+                          "or a folder)") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunDirError(f"{path} is not a regular file; tuitrain writes only its own files there")
+    return fd
+
+
+def _drop_partial_last_line(fd: int) -> None:
     """A crash can leave half a line at the end; cut it so new lines start clean."""
-    if not path.exists():
+    size = os.fstat(fd).st_size
+    if size == 0 or os.pread(fd, 1, size - 1) == b"\n":
         return
-    with open(path, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        chunk = min(size, 1 << 20)
-        f.seek(size - chunk)
-        tail = f.read(chunk)
-        cut = tail.rfind(b"\n")
-        f.truncate(size - chunk + cut + 1 if cut >= 0 else 0)
+    chunk = min(size, 1 << 20)
+    tail = os.pread(fd, chunk, size - chunk)
+    cut = tail.rfind(b"\n")
+    os.ftruncate(fd, size - chunk + cut + 1 if cut >= 0 else 0)
+
+
+def open_run_file(path: str | os.PathLike[str]) -> Any:
+    """Open a run file for reading without following a link or blocking on a FIFO; OSError otherwise.
+
+    For readers of other runs' directories (`tuitrain runs`, `watch`): a link,
+    a folder or a FIFO under a run file's name is not read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_metrics(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:

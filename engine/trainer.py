@@ -33,7 +33,7 @@ from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointS
                      EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
                      RunEnded, RunFailed, RunStarted, Sample, SchedulePreview, StepStats, Stopped)
 from .layer_health import LayerHealth
-from .rundir import RunDir
+from .rundir import RunDir, read_history
 from .seeding import capture_rng, restore_rng, seed_everything
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class RunResult:
     signal: int | None = None
     error: str | None = None
     traceback: str | None = None
+    record_error: str | None = None
+    """Set when the run's record (summary.json, metrics.jsonl) could not be fully written."""
 
 
 @dataclass
@@ -284,6 +286,8 @@ class Trainer:
         self.last_eval: EvalDone | None = None
         self.paused = False
         self.resumed = resume is not None
+        self.record_error: str | None = None
+        """After run(): why the run's record is incomplete (summary.json or metrics.jsonl unwritten), else None."""
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._pending = _Pending()
         self._writer = ckpt.CheckpointWriter()
@@ -362,7 +366,64 @@ class Trainer:
             raise ckpt.CheckpointError(f"the checkpoint's diagnosis is not readable: {exc}") from None
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint into this run; a mismatch is a CheckpointError."""
+        """Restore a checkpoint into this run; a mismatch is a CheckpointError.
+
+        checkpoint.load() has checked every field's type and range; what only
+        this run knows (the model's and optimizer's shapes, the scheduler's and
+        scaler's layout, the epoch's length) is checked here, before anything
+        is restored, and any error torch raises on the way is a CheckpointError too.
+        """
+        ckpt.validate(state)
+        self._check_fits(state)
+        try:
+            self._restore(state)
+        except ckpt.CheckpointError:
+            raise
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+            first = " ".join(str(exc).split())[:300]
+            raise ckpt.CheckpointError(f"the checkpoint does not fit this run: {type(exc).__name__}: {first}") from None
+
+    def _check_fits(self, state: dict[str, Any]) -> None:
+        """The structure-dependent checks, against what this run just built."""
+        sched_state = state["scheduler_state_dict"]
+        if (self.scheduler is None) != (not sched_state):
+            raise ckpt.CheckpointError("the checkpoint was saved with a different --scheduler")
+        if self.scheduler is not None:
+            ckpt.check_like(self.scheduler.state_dict(), sched_state, "scheduler_state_dict")
+        if state["scaler_state_dict"] or self.scaler.is_enabled():
+            ckpt.check_like(self.scaler.state_dict(), state["scaler_state_dict"], "scaler_state_dict")
+        fresh = self.optimizer.state_dict()
+        saved = state["optimizer_state_dict"]
+        if len(saved["param_groups"]) != len(fresh["param_groups"]):
+            raise ckpt.CheckpointError("the checkpoint's optimizer state does not fit: "
+                                       f"{len(saved['param_groups'])} parameter groups, this run has "
+                                       f"{len(fresh['param_groups'])}")
+        shapes: dict[int, torch.Size] = {}
+        for i, (mine, theirs) in enumerate(zip(fresh["param_groups"], saved["param_groups"])):
+            ckpt.check_like({k: v for k, v in mine.items() if k != "params"},
+                            {k: v for k, v in theirs.items() if k != "params"}, f"optimizer param group {i}")
+            if len(theirs["params"]) != len(mine["params"]):
+                raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: parameter group {i} "
+                                           f"has {len(theirs['params'])} tensors, this run {len(mine['params'])}")
+            params = self.optimizer.param_groups[i]["params"]
+            shapes.update((index, p.shape) for index, p in zip(theirs["params"], params))
+        for index, per_param in saved["state"].items():
+            if index not in shapes or not isinstance(per_param, dict):
+                raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: entry {index!r}")
+            for key, value in per_param.items():
+                ok = (isinstance(value, torch.Tensor) and (value.dim() == 0 or value.shape == shapes[index])
+                      or isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value))
+                if not ok:
+                    raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: {key!r} of "
+                                               f"parameter {index} is not a number or a tensor of shape "
+                                               f"{tuple(shapes[index])}")
+        if state["batch_in_epoch"] > self.train_batches.batches_per_epoch:
+            raise ckpt.CheckpointError(f"the checkpoint is at batch {state['batch_in_epoch']} of an epoch that has "
+                                       f"{self.train_batches.batches_per_epoch} batches here")
+        if state["epoch_totals"]["correct"].dtype != torch.int64:
+            raise ckpt.CheckpointError("the checkpoint's epoch_totals.correct is not an int64 count")
+
+    def _restore(self, state: dict[str, Any]) -> None:
         try:
             self.model.load_state_dict(state["model_state_dict"], strict=True)
         except RuntimeError as exc:
@@ -374,8 +435,6 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: {exc}") from None
         sched_state = state["scheduler_state_dict"]
-        if (self.scheduler is None) != (not sched_state):
-            raise ckpt.CheckpointError("the checkpoint was saved with a different --scheduler")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(sched_state)
         if state["scaler_state_dict"]:
@@ -434,12 +493,20 @@ class Trainer:
         self._collect_saves()
         self._train_seconds += time.perf_counter() - started - self._paused_total
         summary = self._summary(status, reason, signal)
-        self._safe(lambda: self.rundir.write_json("summary.json", summary))
+        record_error = None
+        try:
+            self.rundir.write_json("summary.json", summary)
+        except Exception as exc:  # a full disk, a deleted run directory: the record is incomplete
+            record_error = f"{self.rundir.path / 'summary.json'}: {type(exc).__name__}: {exc}"
         self.emit(RunEnded(self.step, self._now(), status=status, summary=summary))
         if isinstance(getattr(self, "_metrics_fd", None), int):
             workers.release(self._metrics_fd)
         self.rundir.close()
-        return RunResult(status, self.rundir.path, summary, signal, error, tb)
+        if record_error is None and (self.rundir.dropped_lines or self.rundir.metrics_error):
+            record_error = (f"{self.rundir.path / 'metrics.jsonl'}: {self.rundir.dropped_lines:,} records could "
+                            f"not be written ({self.rundir.metrics_error or 'the disk did not take them'})")
+        self.record_error = record_error
+        return RunResult(status, self.rundir.path, summary, signal, error, tb, record_error)
 
     def _safe(self, action: Callable[[], Any]) -> None:
         """Disk trouble while wrapping up must not hide the run's real outcome."""
@@ -452,8 +519,7 @@ class Trainer:
         self.rundir.create(resume=self.resumed)
         self.rundir.write_json("config.json", self.cfg.to_dict())
         if self.resumed:
-            self.history = [row for row in self.rundir.read_json("history.json", []) or []
-                            if row.get("epoch", 0) <= self.epoch]
+            self.history = [row for row in read_history(self.rundir.path) if row["epoch"] <= self.epoch]
         self.rundir.open_metrics(on_error=self._metrics_write_failed)
         self._metrics_fd = getattr(self.rundir, "_metrics", None)
         if isinstance(self._metrics_fd, int):
@@ -978,16 +1044,19 @@ class Trainer:
         """
         if not self._weights_finite():
             for name, reason in files.items():
-                self.emit(CheckpointFailed(self.step, self._now(), path=str(self.rundir.checkpoints / name),
-                                           error="the weights are not finite; not saved, the previous "
-                                                 "checkpoint is kept", reason=reason))
+                path = self.rundir.checkpoints / name
+                self.emit(CheckpointFailed(self.step, self._now(), path=str(path),
+                                           error="the weights are not finite; not saved", reason=reason,
+                                           previous=path.is_file()))
             return
         try:
             data = ckpt.serialize(self.state_dict())
         except (OSError, RuntimeError) as exc:
             for name, reason in files.items():
-                self.emit(CheckpointFailed(self.step, self._now(), path=str(self.rundir.checkpoints / name),
-                                           error=f"{type(exc).__name__}: {exc}", reason=reason))
+                path = self.rundir.checkpoints / name
+                self.emit(CheckpointFailed(self.step, self._now(), path=str(path),
+                                           error=f"{type(exc).__name__}: {exc}", reason=reason,
+                                           previous=path.is_file()))
             return
         for name, reason in files.items():
             self._writer.submit(data, [self.rundir.checkpoints / name], self.step, reason)
@@ -1006,7 +1075,8 @@ class Trainer:
             if r.error is None:
                 self.emit(CheckpointSaved(r.step, self._now(), path=str(r.path), bytes=r.size, reason=r.reason))
             else:
-                self.emit(CheckpointFailed(r.step, self._now(), path=str(r.path), error=r.error, reason=r.reason))
+                self.emit(CheckpointFailed(r.step, self._now(), path=str(r.path), error=r.error, reason=r.reason,
+                                           previous=r.path.is_file()))
 
     def _summary(self, status: str, reason: str, signal: int | None) -> dict[str, Any]:
         seconds = max(self._train_seconds, 1e-9)

@@ -72,7 +72,7 @@ BAD_OVERRIDES = [
     (["--patience", "-1"], "--patience must be zero or a positive integer, got -1"),
     (["--nesterov"], "--nesterov only applies to --optimizer sgd"),
     (["--frobnicate"], "unrecognized arguments: --frobnicate"),
-    (["--resume", "elsewhere"], "give either --preset or --resume, not both"),
+    (["--resume", "elsewhere"], "--resume: no such run directory or checkpoint: elsewhere"),
 ]
 
 

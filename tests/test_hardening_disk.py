@@ -241,7 +241,8 @@ def test_run_dir_turns_read_only_mid_run_headless(tmp_path: Path, chattr_ok: Non
 
 
 def test_run_dir_read_only_until_the_end_still_ends_cleanly(tmp_path: Path, chattr_ok: None) -> None:
-    """Read-only to the last step: exit 0, the earlier checkpoint kept, no traceback, no temp file."""
+    """Read-only to the last step: the earlier checkpoint kept, no traceback, no temp file; and since
+    summary.json could not be written, the run says so and exits 1 (not 0, "finished")."""
     preset = write_preset(tmp_path)
     R = tmp_path / "R"
     proc = Proc("--preset", preset, "--headless", "--run-dir", R, "--epochs", "8", cwd=tmp_path)
@@ -259,13 +260,17 @@ def test_run_dir_read_only_until_the_end_still_ends_cleanly(tmp_path: Path, chat
         if frozen:
             immutable(frozen, False)
         proc.kill()
-    assert rc == 0, err
+    assert rc == 1, err
     assert "Traceback" not in err
     assert "finished: 8 epochs, 128 steps" in out
     assert "could not save" in err and "cannot write" in err
-    assert not (R / "summary.json").exists() or read_json(R / "summary.json")["status"] == "finished"
+    assert "the previous checkpoint is intact" in err  # latest.pt was there when the folder froze
+    assert not (R / "summary.json").exists()
+    assert err.splitlines()[-1].startswith("tuitrain: error: the run's record is incomplete: ")
+    assert "summary.json" in err.splitlines()[-1]
     # Writable again: a resume clears what the frozen folder kept, and goes on.
-    p = subprocess.run([str(Path(sys.executable).with_name("tuitrain")), "--resume", str(R), "--headless",
+    p = subprocess.run([str(Path(sys.executable).with_name("tuitrain")), "--resume", str(R),
+                        "--preset", str(preset), "--headless",
                         "--epochs", "9"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert p.returncode == 0, p.stderr
     assert temp_files(R) == []

@@ -120,7 +120,7 @@ def test_user_code_raising_mid_run_headless_fails_with_its_line_and_keeps_the_ch
     # The kept checkpoint resumes (with the bug fixed, the run would go on from epoch 1).
     fixed = write_preset(tmp_path, f"fail_{where}.py", FAILING.format(where="nowhere"))
     assert fixed == preset
-    r = tuitrain("--resume", R, "--headless", cwd=tmp_path)
+    r = tuitrain("--resume", R, "--preset", preset, "--headless", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("tuitrain: resuming at step 8 ")
     assert read_json(R / "summary.json")["steps"] == 32

@@ -177,7 +177,7 @@ def test_sigkill_twenty_times_including_mid_checkpoint_then_resume_finishes(tmp_
             if i == 0:
                 argv = ["--preset", str(preset), "--headless", "--run-dir", str(R)]
             else:
-                argv = ["--resume", str(R), "--headless"]
+                argv = ["--resume", str(R), "--preset", str(preset), "--headless"]
             out = tmp_path / f"out{i}.txt"
             pid = zygote.start(argv, tmp_path, out)
             latest = ckdir / "latest.pt"
@@ -228,7 +228,7 @@ def test_sigkill_twenty_times_including_mid_checkpoint_then_resume_finishes(tmp_
         zygote.close()
 
     # The installed command resumes the run a 21st time and finishes it.
-    p = tuitrain("--resume", R, "--headless", "--max-steps", str(target), cwd=tmp_path)
+    p = tuitrain("--resume", R, "--preset", preset, "--headless", "--max-steps", str(target), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith(f"tuitrain: resuming at step {last_step} "), p.stdout
     summary = read_json(R / "summary.json")

@@ -76,8 +76,6 @@ def test_nothing_is_imported_from_the_cwd_or_the_run_dir(tmp_path: Path) -> None
     cwd = tmp_path / "cwd"
     R = cwd / "R"
     _lay_traps(cwd, marker)
-    _lay_traps(R, marker)
-    _lay_traps(R / "checkpoints", marker)
     # The traps are live: Python run from that folder with it on sys.path imports them.
     probe = subprocess.run([sys.executable, "-c", "import circles"], cwd=cwd, capture_output=True, text=True,
                            env=cli_env())
@@ -87,6 +85,9 @@ def test_nothing_is_imported_from_the_cwd_or_the_run_dir(tmp_path: Path) -> None
     p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", "R", cwd=cwd)
     assert p.returncode == 0, p.stderr
     assert not marker.exists(), marker.read_text() if marker.exists() else ""
+    # A new run goes only into an empty folder; the run directory's traps are laid for the resumes.
+    _lay_traps(R, marker)
+    _lay_traps(R / "checkpoints", marker)
     r = tuitrain("--resume", "R", "--headless", "--epochs", "2", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert not marker.exists(), marker.read_text() if marker.exists() else ""

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -233,8 +234,6 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     # Textual draws on stderr: both streams must be the terminal for a dashboard.
     headless = args.pop("headless", False) or background or not (sys.stdout.isatty() and sys.stderr.isatty())
     preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
-    if preset_spec is not None and resume is not None:
-        raise UsageError("give either --preset or --resume, not both")
     if preset_spec is None and resume is None:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
 
@@ -246,6 +245,7 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         print(f"tuitrain: warning: {warning}", file=sys.stderr)
     if detach:
         from tuitrain.tui.detach import start_detached
+        run.release()  # checked here; the background process takes the run directory's lock
         return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
     if headless:
         from tuitrain.tui.headless import run_headless
@@ -313,55 +313,146 @@ def _answer_without_torch(preset_spec: str | None, resume: str | None) -> None:
 
 
 def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
-    """Everything that can fail on bad input, done before any training (exit 2)."""
+    """Everything that can fail on bad input, done before any training (exit 2).
+
+    The run directory is locked (engine/rundir.py RunLock) before anything is
+    written there; the PreparedRun holds the lock until the run ends.
+    """
     from tuitrain.engine import checkpoint as ckpt
-    from tuitrain.engine.config import ConfigError, RunConfig
+    from tuitrain.engine.config import ConfigError
     from tuitrain.engine.devices import DeviceError, resolve_device
-    from tuitrain.engine.rundir import RunDir, RunDirError, new_run_path
-    from tuitrain.presets import PresetError, load_preset
+    from tuitrain.engine.rundir import RunDir, RunDirError, check_path, new_run_path, read_history
+    from tuitrain.presets import PresetError
     from tuitrain.presets.loader import preset_name_for_rundir
 
     if "run_dir" in overrides and not str(overrides["run_dir"]).strip():
         raise UsageError("--run-dir must not be empty")
     state = None
-    run_dir: Path | None = Path(overrides["run_dir"]) if "run_dir" in overrides else None
+    lock = None
     try:
+        run_dir = check_path(overrides["run_dir"], "--run-dir") if "run_dir" in overrides else None
+        in_place = False
         if resume is not None:
-            state, resume_dir = _load_resume(resume, overrides, ckpt)
+            state, resume_dir = _load_resume(str(check_path(resume, "--resume")), overrides, ckpt)
+            in_place = resume_dir is not None
             run_dir = resume_dir or run_dir
-            cfg = RunConfig.from_dict(state["config"])
-            changes = {k: v for k, v in overrides.items() if k != "run_dir"}
-            if "epochs" in changes and cfg.scheduler in ("cosine", "onecycle", "warmup-cosine"):
-                raise UsageError(f"--epochs cannot change on resume with --scheduler {cfg.scheduler}: "
-                                 "its plan is fixed to the original length")
-            cfg = cfg.replace(**changes)
-            if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
-                raise UsageError(f"this run already reached --max-steps {cfg.max_steps} (step {state['step']}); "
-                                 "resume with a larger --max-steps, or --max-steps 0 for no limit")
-            preset = load_preset(cfg.preset)
-            if state["preset"] != preset.name:
-                raise UsageError(f"the checkpoint was saved by preset {state['preset']!r}, but its config "
-                                 f"now loads preset {preset.name!r} from {cfg.preset!r}")
+            cfg, preset = _resume_config(state, resume, resume_dir, preset_spec, overrides)
             name = preset_name_for_rundir(cfg.preset, preset)
         else:
             assert preset_spec is not None
-            preset = load_preset(preset_spec)
-            spec = str(Path(preset_spec).resolve()) if preset_spec.endswith(".py") else preset_spec
-            merged = {**preset.defaults, **overrides, "preset": spec}
-            try:
-                cfg = RunConfig(**merged)
-            except TypeError as exc:
-                raise UsageError(f"preset {preset.name!r} sets an unknown option in its defaults: {exc}") from None
+            cfg, preset = _new_config(preset_spec, overrides)
             name = preset_name_for_rundir(preset_spec, preset)
         if run_dir is None:
             run_dir = new_run_path("runs", name)
         cfg = cfg.replace(run_dir=str(run_dir))
         resolve_device(cfg.device)
         created = _first_missing(run_dir)
-        RunDir(run_dir).create(resume=resume is not None and Path(resume).is_dir())
+        try:
+            lock = RunDir(run_dir).claim(resume=in_place)
+            if in_place:
+                read_history(run_dir)  # a resumed run keeps its rows: they must be rows
+        except BaseException:
+            _undo_created(created, lock)
+            raise
     except (ConfigError, PresetError, DeviceError, RunDirError, ckpt.CheckpointError) as exc:
         raise UsageError(str(exc)) from None
-    return PreparedRun(cfg, preset, run_dir, state, created=created)
+    return PreparedRun(cfg, preset, run_dir, state, created=created, lock=lock)
+
+
+def _new_config(preset_spec: str, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    from tuitrain.engine.config import RunConfig
+    from tuitrain.presets import load_preset
+
+    preset = load_preset(preset_spec)
+    spec = str(Path(preset_spec).resolve()) if preset_spec.endswith(".py") else preset_spec
+    merged = {**preset.defaults, **overrides, "preset": spec}
+    try:
+        cfg = RunConfig(**merged)
+    except TypeError as exc:
+        raise UsageError(f"preset {preset.name!r} sets an unknown option in its defaults: {exc}") from None
+    return cfg, preset
+
+
+def _resume_config(state: dict[str, Any], resume: str, resume_dir: Path | None, preset_spec: str | None,
+                   overrides: dict[str, Any]) -> tuple[Any, Any]:
+    """The resumed run's config and preset; the preset is imported only once everything else checked out."""
+    from tuitrain.engine.config import ConfigError, RunConfig
+    from tuitrain.presets import load_preset
+
+    try:
+        cfg = RunConfig.from_dict(state["config"])
+    except (ConfigError, TypeError) as exc:
+        raise UsageError(f"{resume}: the checkpoint's config is not valid: {exc}") from None
+    if resume_dir is not None:
+        _check_same_run(resume_dir, cfg.preset)
+    spec = _resume_preset_spec(cfg.preset, preset_spec, resume)
+    changes = {k: v for k, v in overrides.items() if k != "run_dir"}
+    if "epochs" in changes and cfg.scheduler in ("cosine", "onecycle", "warmup-cosine"):
+        raise UsageError(f"--epochs cannot change on resume with --scheduler {cfg.scheduler}: "
+                         "its plan is fixed to the original length")
+    cfg = cfg.replace(**changes)
+    if cfg.max_steps is not None and state["step"] >= cfg.max_steps:
+        raise UsageError(f"this run already reached --max-steps {cfg.max_steps} (step {state['step']}); "
+                         "resume with a larger --max-steps, or --max-steps 0 for no limit")
+    preset = load_preset(spec)
+    if state["preset"] != preset.name:
+        raise UsageError(f"the checkpoint was saved by preset {state['preset']!r}, but its config "
+                         f"now loads preset {preset.name!r} from {cfg.preset!r}")
+    return cfg, preset
+
+
+def _resume_preset_spec(recorded: str, named: str | None, resume: str) -> str:
+    """What a resumed run may import: a built-in by name, or the preset the user names on this command line.
+
+    A checkpoint is data: a file path or module:attr in it is never run on the
+    checkpoint's word alone (README, Security). Decided before importing anything.
+    """
+    from tuitrain.presets import BUILTIN
+
+    if named is None:
+        if recorded.strip() in BUILTIN:
+            return recorded.strip()
+        raise UsageError(f"{resume} was trained with the preset {recorded!r}, which is code; tuitrain runs a "
+                         f"preset file or module only when you name it: tuitrain --resume {shlex.quote(resume)} "
+                         f"--preset {shlex.quote(recorded)}")
+    if not _same_preset(named, recorded):
+        raise UsageError(f"--preset {named!r} is not the preset {resume} was trained with ({recorded!r})")
+    return named
+
+
+def _same_preset(named: str, recorded: str) -> bool:
+    named, recorded = named.strip(), recorded.strip()
+    if named.endswith(".py") and recorded.endswith(".py"):
+        return os.path.realpath(os.path.expanduser(named)) == os.path.realpath(os.path.expanduser(recorded))
+    return named == recorded
+
+
+def _check_same_run(run_dir: Path, preset: str) -> None:
+    """A checkpoint resumed in place must be that run's: the preset its config.json records."""
+    path = run_dir / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # nothing to compare with (it is written when the run starts)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path} ({getattr(exc, 'strerror', None) or exc}); it records which "
+                         "run this is, so it must be intact to resume") from None
+    if not isinstance(config, dict) or not isinstance(config.get("preset"), str):
+        raise UsageError(f"{path} is not a run config (no preset); it must be intact to resume")
+    if config["preset"] != preset:
+        raise UsageError(f"{run_dir / 'checkpoints' / 'latest.pt'} belongs to another run: it was saved by "
+                         f"preset {preset!r}, but {path} says this run trains {config['preset']!r}")
+
+
+def _undo_created(created: Path | None, lock: Any) -> None:
+    """After a refusal: remove the folders this attempt created, if nothing else was written there."""
+    if lock is not None:
+        if created is not None:
+            lock.remove()
+        else:
+            lock.release()
+    if created is not None and created.is_dir() and not any(p.is_file() for p in created.rglob("*")):
+        shutil.rmtree(created, ignore_errors=True)
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -375,17 +466,20 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dict[str, Any], Path | None]:
-    """The checkpoint to resume, and the run directory when resuming one in place."""
+    """The checkpoint to resume (every field checked), and the run directory when resuming one in place."""
     path = Path(resume)
     extra = sorted(set(overrides) - RESUME_FLAGS)
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
         raise UsageError(f"{flags} cannot be changed when resuming (the run continues as saved); "
-                         f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_FLAGS))}")
+                         f"allowed: {', '.join('--' + k.replace('_', '-') for k in sorted(RESUME_FLAGS))} "
+                         "(and --preset, to name the run's own preset file)")
     if path.is_dir():
         if "run_dir" in overrides:
             raise UsageError("--run-dir cannot be used when resuming a run directory (it continues there)")
         from tuitrain.engine.control import run_state
+        from tuitrain.engine.rundir import check_run_files
+        check_run_files(path)  # before anything opens them (a FIFO would hang, a link lead elsewhere)
         if run_state(path) == "live":
             raise UsageError(f"a live run is training in {path}; watch and steer it with: tuitrain watch {path}")
         latest = path / "checkpoints" / "latest.pt"
@@ -401,14 +495,18 @@ class PreparedRun:
     """A validated run, ready to build: config, preset, run directory, resume state."""
 
     def __init__(self, cfg: Any, preset: Any, run_dir: Path, state: dict[str, Any] | None,
-                 created: Path | None) -> None:
+                 created: Path | None, lock: Any = None) -> None:
         self.cfg, self.preset, self.run_dir, self.state = cfg, preset, run_dir, state
         self.created = created
         """The outermost folder this run created (None when the run directory existed)."""
+        self.lock = lock
+        """The run directory's RunLock, held until the run ends (release())."""
         self.for_watchers = False
         """A background run: compute what only a watcher shows (decision-boundary frames)."""
         self.control: Any = None
         """The run's ControlServer (RUN_DIR/control.sock) while it trains; None without one."""
+        self.trainer: Any = None
+        """The Trainer, once start() built it."""
         self._finished = False
         self._finish_lock = threading.Lock()
 
@@ -422,6 +520,7 @@ class PreparedRun:
         """
         try:
             trainer = self._build_or_record_failure(**trainer_kwargs)
+            self.trainer = trainer
             if not isinstance(trainer, int):
                 relay.attach(trainer.commands)
                 self._serve(trainer)
@@ -451,6 +550,11 @@ class PreparedRun:
         if server is not None:
             server.close()
 
+    def release(self) -> None:
+        """Give up the run directory's lock (idempotent): the run wrote its last file, or hands over."""
+        if self.lock is not None:
+            self.lock.release()
+
     def finish(self, code: int, *, detach: bool, to_terminal: bool) -> int:
         """Once the run has ended: close the socket, and if a detach was asked for, continue in the background.
 
@@ -462,13 +566,27 @@ class PreparedRun:
                 return code
             self._finished = True
             self.close()
+            self.release()  # before a background resume of this directory takes it over
+            code = self._check_record(code)
             if not detach:
                 return code
             summary = _read_summary(self.run_dir)
             if summary.get("status") != "interrupted":
                 return code  # it ended on its own before the detach took effect: nothing to continue
             from tuitrain.tui.detach import continue_in_background
-            return continue_in_background(self.run_dir, to_terminal=to_terminal)
+            return continue_in_background(self.run_dir, to_terminal=to_terminal, preset=self.cfg.preset)
+
+    def _check_record(self, code: int) -> int:
+        """A run whose summary or metrics could not be written did not end well, whatever it reached."""
+        problem = getattr(self.trainer, "record_error", None)
+        if not problem:
+            return code
+        try:
+            print(f"tuitrain: error: the run's record is incomplete: {problem}; what it reached is not all on "
+                  "disk (exit 1)", file=sys.stderr, flush=True)
+        except (OSError, ValueError):
+            pass
+        return code if code != EXIT_OK else EXIT_FAILED
 
     def _build_or_record_failure(self, **trainer_kwargs: Any) -> Any:
         import traceback
@@ -499,6 +617,8 @@ class PreparedRun:
 
     def discard(self) -> None:
         """Remove the folders this run created, if nothing was written into them."""
+        if self.created is not None and self.lock is not None:
+            self.lock.remove()
         if self.created is not None and self.created.is_dir():
             if not any(p.is_file() for p in self.created.rglob("*")):
                 shutil.rmtree(self.created, ignore_errors=True)

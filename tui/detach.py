@@ -118,13 +118,16 @@ def start_detached(argv: Sequence[str], run_dir: Path, *, resuming_dir: bool) ->
     return 0
 
 
-def continue_in_background(run_dir: Path, *, to_terminal: bool) -> int:
+def continue_in_background(run_dir: Path, *, to_terminal: bool, preset: str | None = None) -> int:
     """After an in-process run saved and ended for a detach: resume it in the background.
 
-    The message goes to the terminal when there is one, and always to the
-    run's output.log (after SIGHUP nobody is left to read the terminal).
+    `preset` is the run's own preset, named again for the resume (which runs a
+    preset file only when the command line names it). The message goes to the
+    terminal when there is one, and always to the run's output.log (after
+    SIGHUP nobody is left to read the terminal).
     """
-    proc = spawn(["--resume", str(run_dir), "--for-watchers"], run_dir)
+    args = ["--resume", str(run_dir), "--for-watchers"] + (["--preset", preset] if preset else [])
+    proc = spawn(args, run_dir)
     started = wait_started(proc, run_dir)
     if started.state == "exited":
         message = (f"tuitrain: could not continue in the background (status {started.returncode}); "

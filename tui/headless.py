@@ -91,7 +91,7 @@ class HeadlessReporter:
         self._print(f"sample  epoch {e.epoch}: {e.text!r}")
 
     def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
-        self._print(f"warning: could not save {e.path}: {e.error} (the previous checkpoint is intact)", err=True)
+        self._print(f"warning: could not save {e.path}: {e.error} ({e.outcome})", err=True)
 
     def _on_WriteFailed(self, e: ev.WriteFailed) -> None:
         self._print(f"warning: cannot write {e.path}: {e.error} (training goes on; the records wait in memory "

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from tuitrain.engine.rundir import RunDirError, check_path, irregular_files, open_run_file
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 #: Bytes read from the end of metrics.jsonl per try, and the most read looking for an eval record.
@@ -60,6 +62,8 @@ def latest_run(root: Path) -> Path | None:
     best: tuple[float, str] | None = None
     found = None
     for path in find_runs(root):
+        if irregular_files(path):
+            continue  # not a run tuitrain can open (tuitrain runs lists it as invalid)
         key = (started_at(path) or 0.0, path.name)
         if best is None or key > best:
             best, found = key, path
@@ -84,7 +88,7 @@ def started_at(path: Path) -> float | None:
 
 def _first_record(path: Path) -> dict[str, Any] | None:
     try:
-        with open(path, "rb") as f:
+        with open_run_file(path) as f:
             line = f.readline(TAIL_CHUNK)
     except OSError:
         return None
@@ -107,7 +111,7 @@ def tail_records(path: Path, want_eval: bool = True) -> list[dict[str, Any]]:
     step lines between two evaluations.
     """
     try:
-        f = open(path, "rb")
+        f = open_run_file(path)
     except OSError:
         return []
     with f:
@@ -130,6 +134,8 @@ def tail_records(path: Path, want_eval: bool = True) -> list[dict[str, Any]]:
 def describe(path: Path) -> RunRow:
     from tuitrain.engine.control import run_state
 
+    if irregular_files(path):  # a link or a FIFO among its files: not read (it could hang or lead elsewhere)
+        return RunRow(path, "?", "invalid", None, None, None)
     status = run_state(path)
     summary = _read_json(path / "summary.json")
     config = _read_json(path / "config.json")
@@ -156,7 +162,8 @@ def describe(path: Path) -> RunRow:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open_run_file(path) as f:
+            return json.loads(f.read(TAIL_LIMIT).decode("utf-8"))
     except (OSError, ValueError):
         return None
 
@@ -185,13 +192,18 @@ def main(argv: Sequence[str]) -> int:
     args = list(argv)
     if args and args[0] in ("-h", "--help"):
         print("usage: tuitrain runs [DIR]\n\nA table of the runs under DIR (default ./runs): "
-              "preset, status (live, finished, stopped, early_stopped, failed, interrupted, died, unknown), "
+              "preset, status (live, finished, stopped, early_stopped, failed, interrupted, died, unknown, "
+              "invalid), "
               "steps, best validation loss, start time.")
         return EXIT_OK
     if len(args) > 1:
         print("tuitrain: error: runs takes at most one folder (see tuitrain runs --help)", file=sys.stderr)
         return EXIT_USAGE
-    root = Path(args[0]) if args else Path("runs")
+    try:
+        root = check_path(args[0], "runs") if args else Path("runs")
+    except RunDirError as exc:
+        print(f"tuitrain: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not args and not root.exists():
         print("no runs under ./runs")
         return EXIT_OK

@@ -217,7 +217,7 @@ class DashboardState:
         self._say(e, level, f"checkpoint {e.path} ({size_text(e.bytes)}, {e.reason}, step {e.step})")
 
     def _on_CheckpointFailed(self, e: ev.CheckpointFailed) -> None:
-        self._say(e, "error", f"could not save {e.path}: {e.error}; the previous checkpoint is intact")
+        self._say(e, "error", f"could not save {e.path}: {e.error}; {e.outcome}")
 
     def _on_WriteFailed(self, e: ev.WriteFailed) -> None:
         self._say(e, "error", f"cannot write {e.path}: {e.error}; training goes on, the records wait in memory")

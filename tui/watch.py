@@ -158,6 +158,7 @@ class WatchApp(TuitrainApp):
 
 def pick_runs(args: Sequence[str]) -> list[Path]:
     """The run directories to watch; ValueError (one line) when there is none."""
+    from tuitrain.engine.rundir import RunDirError, check_path, check_run_files
     from tuitrain.tui.runs_table import is_run_dir, latest_run
 
     if not args:
@@ -168,11 +169,15 @@ def pick_runs(args: Sequence[str]) -> list[Path]:
         return [found]
     paths = []
     for arg in args:
-        path = Path(arg)
-        if not path.is_dir():
-            raise ValueError(f"no such run directory: {arg}")
-        if not is_run_dir(path):
-            raise ValueError(f"{arg} is not a run directory (no config.json, metrics.jsonl or run.pid)")
+        try:
+            path = check_path(arg, "watch")
+            if not path.is_dir():
+                raise ValueError(f"no such run directory: {arg}")
+            if not is_run_dir(path):
+                raise ValueError(f"{arg} is not a run directory (no config.json, metrics.jsonl or run.pid)")
+            check_run_files(path)  # a FIFO would hang the reader, a link lead out of the run
+        except (RunDirError, OSError) as exc:
+            raise ValueError(str(exc) if isinstance(exc, RunDirError) else f"cannot open {arg}: {exc}") from None
         paths.append(path)
     return paths
 
