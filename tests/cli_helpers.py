@@ -75,6 +75,11 @@ def assert_usage_error(rc: int, stderr: str, *needles: str) -> str:
     return lines[0]
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: a refused command must leave this unchanged."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 

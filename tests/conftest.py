@@ -219,3 +219,24 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+@pytest.fixture
+def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory for in-process calls of the command line."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished one-epoch circles run, built once per test module for the checkpoint cases."""
+    from cli_helpers import tuitrain
+
+    base = tmp_path_factory.mktemp("circles")
+    R = base / "R"
+    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
+    assert p.returncode == 0, p.stderr
+    return R

@@ -17,35 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli_helpers import (CIRCLES_STEPS_PER_EPOCH, assert_usage_error, in_process, load_ckpt, read_json,
+from cli_helpers import (snapshot, CIRCLES_STEPS_PER_EPOCH, assert_usage_error, in_process, load_ckpt, read_json,
                          tuitrain, write_preset)
 
 KNOWN = "known: circles, moons, spiral, xor, sine"
 FUZZ = settings(max_examples=15, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty working directory for in-process calls."""
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
-@pytest.fixture(scope="module")
-def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-epoch circles run (built once for the checkpoint cases)."""
-    base = tmp_path_factory.mktemp("circles")
-    R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
-    return R
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 # -- in process: one case each --------------------------------------------------------

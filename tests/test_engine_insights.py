@@ -296,5 +296,5 @@ def test_a_malformed_diagnosis_state_is_refused_in_one_line(tmp_path: Path) -> N
     assert "\n" not in str(info.value)
     state["diagnosis"] = 3
     ckpt.save(state, path)
-    with pytest.raises(ckpt.CheckpointError, match="'diagnosis' is not a dict"):
+    with pytest.raises(ckpt.CheckpointError, match="bad diagnosis: it must be a dict"):
         ckpt.load(path)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tuitrain.engine import events as ev
 from tuitrain.engine import replay
-from tuitrain.engine.replay import LineReader, MetricsFollower, load_history
+from tuitrain.engine.replay import LineReader, load_history
 from tuitrain.tui.remote_run import ChunkedFollower, RemoteRun
 
 from conftest import wait_until

@@ -15,9 +15,7 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,26 +26,9 @@ from hypothesis import strategies as st
 
 from tuitrain.engine.checkpoint import KEYS
 
-from cli_helpers import EXAMPLE, assert_usage_error, in_process, load_ckpt, read_json, tuitrain
+from cli_helpers import snapshot, EXAMPLE, assert_usage_error, in_process, load_ckpt, read_json, tuitrain
 
 TRIED = {"inputs": 0}
-
-
-@pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
-@pytest.fixture(scope="module")
-def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("circles")
-    R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
-    return R
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +40,6 @@ def onecycle_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "--scheduler", "onecycle", "--run-dir", R, cwd=base)
     assert p.returncode == 0, p.stderr
     return R
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

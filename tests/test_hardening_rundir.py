@@ -4,6 +4,7 @@ that are regular files, paths too long for the file system, and a record that co
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -16,29 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import Proc, assert_usage_error, in_process, metrics, read_json, tuitrain
+from cli_helpers import snapshot, Proc, assert_usage_error, in_process, metrics, read_json, tuitrain
 from conftest import wait_until
-
-
-@pytest.fixture
-def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    work = tmp_path / "work"
-    work.mkdir()
-    monkeypatch.chdir(work)
-    return work
-
-
-@pytest.fixture(scope="module")
-def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    base = tmp_path_factory.mktemp("circles")
-    R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
-    return R
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def lock_holder(run_dir: Path) -> int | None:
@@ -118,18 +98,19 @@ def test_the_lock_is_not_inherited_by_a_child_and_dies_with_its_process(tmp_path
     R = tmp_path / "R"
     R.mkdir()
     script = textwrap.dedent(f"""
-        import os, sys
+        import os, signal, sys
         from tuitrain.engine.rundir import RunLock
         RunLock.acquire({str(R)!r})
         child = os.fork()
-        if child == 0:              # the child: lives until the test closes stdin
-            sys.stdin.read()
+        if child == 0:              # the child: lives until the test kills it (it must not read the
+            signal.pause()          # parent's stdin: it could take the word meant for the parent)
             os._exit(0)
         print(child, flush=True)
         sys.stdin.read(1)           # the parent: waits for the test's word, then dies
         os._exit(0)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = None
     try:
         child = int(proc.stdout.readline())
         assert lock_holder(R) == proc.pid
@@ -142,6 +123,9 @@ def test_the_lock_is_not_inherited_by_a_child_and_dies_with_its_process(tmp_path
     finally:
         proc.stdin.close()
         proc.kill()
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
 
 def test_a_stale_lock_file_of_a_killed_run_is_taken_over(tmp_path: Path, circles_run: Path) -> None:

@@ -232,7 +232,7 @@ def test_a_real_run_replayed_into_the_dashboard_matches_the_live_one(tmp_path: P
     assert list(live.marks) == list(replayed.marks) and {m.kind for m in live.marks} >= {"pause", "lr",
                                                                                         "checkpoint"}
     assert [x.text for x in live.take_log()] == [x.text for x in replayed.take_log()]
-    assert replayed.steps_per_sec > 0 and replayed.samples_per_sec == pytest.approx(replayed.steps_per_sec * 8)
+    assert replayed.steps_per_sec > 0 and replayed.samples_per_sec == pytest.approx(replayed.steps_per_sec * 8, rel=1e-3)  # summary figures are rounded
 
 
 # -- following the file --------------------------------------------------------------------------------

@@ -275,7 +275,7 @@ def idle_cores(sample_seconds: float = 0.2) -> float:
     return sum(max(0.0, 100.0 - b) for b in busy) / 100.0
 
 
-def threads_warning(threads: int | None, idle: Callable[[], float] = idle_cores) -> str | None:
+def threads_warning(threads: int | None, idle: Callable[[], float] | None = None) -> str | None:
     """A warning when --threads asks for more torch threads than there are idle cores, else None.
 
     On a busy machine each step waits for its slowest thread: 2 threads on a 2-core box
@@ -283,7 +283,7 @@ def threads_warning(threads: int | None, idle: Callable[[], float] = idle_cores)
     """
     if threads is None or threads <= 1:
         return None
-    free = idle()
+    free = (idle or idle_cores)()
     if threads <= free + 0.5:
         return None
     return (f"--threads {threads}, but only about {free:.1f} of {os.cpu_count() or '?'} CPU cores are idle: "
@@ -308,8 +308,14 @@ def _answer_without_torch(preset_spec: str | None, resume: str | None) -> None:
                 load_preset(word)
             except PresetError as exc:
                 raise UsageError(str(exc)) from None
-    if resume is not None and not Path(resume).exists():
-        raise UsageError(f"--resume: no such run directory or checkpoint: {Path(resume)}")
+    if resume is not None:
+        from tuitrain.engine.rundir import RunDirError, check_path
+        try:
+            path = check_path(resume, "--resume")  # a name too long for the file system is one line too
+        except RunDirError as exc:
+            raise UsageError(str(exc)) from None
+        if not path.exists():
+            raise UsageError(f"--resume: no such run directory or checkpoint: {path}")
 
 
 def _prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
