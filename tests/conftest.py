@@ -240,3 +240,17 @@ def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
     assert p.returncode == 0, p.stderr
     return R
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """A started control server on tmp_path/run; yields (server, commands, run_dir); closed afterwards."""
+    from tuitrain.engine.commands import CommandQueue
+    from tuitrain.engine.control import ControlServer
+
+    run_dir = tmp_path / "run"
+    commands = CommandQueue()
+    server = ControlServer(run_dir, commands)
+    server.start()
+    yield server, commands, run_dir
+    server.close()

@@ -33,17 +33,6 @@ from tuitrain.engine.rundir import read_metrics
 from conftest import classifier_preset, make_cfg, start, wait_until
 
 
-@pytest.fixture
-def served(tmp_path: Path):
-    """A started server on tmp_path/run; yields (server, commands, run_dir); closed afterwards."""
-    run_dir = tmp_path / "run"
-    commands = CommandQueue()
-    server = ControlServer(run_dir, commands)
-    server.start()
-    yield server, commands, run_dir
-    server.close()
-
-
 def collect(client: ControlClient, predicate, timeout: float = 10.0, what: str = "a message") -> list[dict]:
     """Poll the client until one of the messages so far satisfies `predicate`; all messages seen."""
     seen: list[dict] = []

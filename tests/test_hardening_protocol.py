@@ -78,16 +78,6 @@ def assert_still_serving(server: ControlServer, commands: CommandQueue, run_dir:
     assert server.errors == 0 and server._thread is not None and server._thread.is_alive()
 
 
-@pytest.fixture
-def served(tmp_path: Path):
-    run_dir = tmp_path / "run"
-    commands = CommandQueue()
-    server = ControlServer(run_dir, commands)
-    server.start()
-    yield server, commands, run_dir
-    server.close()
-
-
 # -- the reported line, and its class -------------------------------------------------------------
 
 def test_an_integer_lr_past_the_float_range_gets_an_error_and_the_server_keeps_serving(served):

@@ -37,16 +37,6 @@ def rewrite_pid(run_dir: Path, **fields) -> None:
     (run_dir / PID_NAME).write_text(json.dumps(info))
 
 
-@pytest.fixture
-def served(tmp_path: Path):
-    run_dir = tmp_path / "run"
-    commands = CommandQueue()
-    server = ControlServer(run_dir, commands)
-    server.start()
-    yield server, commands, run_dir
-    server.close()
-
-
 def test_run_pid_records_the_process_start_time(served):
     _, _, run_dir = served
     info = read_pid(run_dir)
