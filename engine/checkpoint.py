@@ -505,11 +505,3 @@ def _kind(value: Any) -> str:
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:160] + "..." if len(text) > 160 else text
-
-
-def size_text(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"

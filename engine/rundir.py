@@ -461,3 +461,13 @@ def step_losses(path: str | os.PathLike[str]) -> dict[int, float | None]:
             for s in [s for s in losses if s > start]:
                 del losses[s]
     return losses
+
+
+def exit_status(status: str, signal: int | None = None) -> int:
+    """The one mapping from how a run ended to the process's exit status (README, Exit status).
+
+    0 finished or stopped on purpose; 1 failed (or its process died); 128+N interrupted by signal N.
+    """
+    if status == "interrupted" and signal:
+        return 128 + int(signal)
+    return 1 if status in ("failed", "died") else 0

@@ -255,9 +255,10 @@ async def dashboard(trainer: Trainer, sampler: FakeSampler | None = None,
     the run is stopped (and waited for) so no engine thread outlives its test.
     """
     from tuitrain.tui.app import TuitrainApp
+    from tuitrain.tui.source import InProcessRun
 
     sampler = sampler or FakeSampler()
-    app = TuitrainApp(trainer, sampler=sampler)
+    app = TuitrainApp(InProcessRun(trainer), sampler=sampler)
     try:
         async with app.run_test(size=size) as pilot:
             try:
@@ -270,10 +271,10 @@ async def dashboard(trainer: Trainer, sampler: FakeSampler | None = None,
                     app.exit()
                     await until(pilot, lambda: not app.is_running, "the app to exit", timeout=10)
     finally:
-        if not app.engine_done.is_set():
+        if not app.source_done.is_set():
             trainer.commands.put(Stop(reason="test cleanup"))
             # The engine answers at its next step boundary; blocking here is fine (the app is gone).
-            await asyncio.get_running_loop().run_in_executor(None, app.engine_done.wait, 60)
+            await asyncio.get_running_loop().run_in_executor(None, app.source_done.wait, 60)
 
 
 def run_async(coro_fn: Callable[[], Any]) -> Any:

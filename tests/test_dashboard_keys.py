@@ -21,6 +21,7 @@ from dashboard_helpers import (FakeSampler, FakeTrainer, dashboard, event_names,
                                long_cfg, long_preset, make_trainer, progress_text, run_async, screen_text,
                                status_text, step_records, ticks, until, wait_event, wait_exit, wait_running,
                                wait_steps_after, widget_text)
+from tuitrain.tui.source import InProcessRun
 from tuitrain.engine import events as ev
 from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog, parse_lr
@@ -317,7 +318,7 @@ def test_q_while_training_stops_and_saves_then_exits_0(tmp_path: Path) -> None:
             await pilot.press("q")
             await wait_exit(pilot, app)
         assert app.return_code == 0
-        assert app.engine_done.is_set()
+        assert app.source_done.is_set()
         summary = json.loads((R / "summary.json").read_text())
         assert summary["status"] == "stopped"
         assert summary["reason"] == "quit from the dashboard"
@@ -528,9 +529,9 @@ def test_q_right_after_a_failure_exits_1_even_before_the_screen_caught_up(tmp_pa
     trainer.run = fail  # type: ignore[method-assign]
 
     async def body() -> None:
-        app = TuitrainApp(trainer, refresh_hz=0.01, sampler=FakeSampler())  # type: ignore[arg-type]
+        app = TuitrainApp(InProcessRun(trainer), refresh_hz=0.01, sampler=FakeSampler())
         async with app.run_test(size=(120, 40)) as pilot:
-            await until(pilot, app.engine_done.is_set, "the (fake) engine to end")
+            await until(pilot, app.source_done.is_set, "the (fake) engine to end")
             await pilot.press("q")
             await wait_exit(pilot, app)
         assert app.return_code == 1
@@ -546,6 +547,7 @@ def test_ctrl_q_while_training_stops_and_saves_then_exits_0(tmp_path: Path) -> N
     from textual.app import App
 
     from tuitrain.tui import app as app_module
+    from tuitrain.tui import launch
     from tuitrain.tui.cli import PreparedRun, SignalRelay
 
     R = tmp_path / "run"
@@ -566,7 +568,7 @@ def test_ctrl_q_while_training_stops_and_saves_then_exits_0(tmp_path: Path) -> N
     original = app_module.TuitrainApp.run
     app_module.TuitrainApp.run = headless_run  # type: ignore[method-assign]
     try:
-        rc = app_module.run_app(run, SignalRelay())
+        rc = launch.run_in_process(run, SignalRelay())
     finally:
         app_module.TuitrainApp.run = original  # type: ignore[method-assign]
         sys.setswitchinterval(switch)

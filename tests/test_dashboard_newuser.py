@@ -18,6 +18,7 @@ import pytest
 
 from dashboard_helpers import (FakeSampler, FakeTrainer, dashboard, layer_stats, log_text, progress_text,
                                run_async, run_started, screen_text, status_text, ticks, until, widget_text)
+from tuitrain.tui.source import InProcessRun
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import SetLR
 from tuitrain.tui.app import mouse_wanted
@@ -290,7 +291,7 @@ def test_the_first_steps_and_the_lr_are_drawn_without_waiting_for_the_plot_inter
         from tuitrain.tui.widgets.lr_plot import LRPlot
 
         sampler = FakeSampler()
-        app = TuitrainApp(trainer, sampler=sampler, plot_interval=3600)  # type: ignore[arg-type]
+        app = TuitrainApp(InProcessRun(trainer), sampler=sampler, plot_interval=3600)
         async with app.run_test(size=(120, 40)) as pilot:
             await ticks(pilot, sampler, 3)
             lr_title = str(app.query_one(LRPlot).border_title)
@@ -440,7 +441,7 @@ def test_help_fits_80x24_and_wraps_under_the_text_not_the_key() -> None:
             assert box.region.width <= 80 and box.region.right <= 80
             rows = lines_of(app)
             text_col = next(r.index("pause / resume") for r in rows if "pause / resume" in r)
-            wrapped = [r for r in rows if "(tuitrain watch RUN_DIR)" in r]
+            wrapped = [r for r in rows if "(tuitrain watch RUN_DIR re-attaches)" in r]
             assert wrapped, "\n".join(rows)
             row = wrapped[0]
             assert row.index("(tuitrain") == text_col, "\n".join(rows)  # a hanging indent

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from dashboard_helpers import FakeSampler, FakeTrainer, log_text, status_text, two_gpu_snapshot, until
+from tuitrain.tui.source import InProcessRun
 from tuitrain.engine import events as ev
 from tuitrain.tui.app import TuitrainApp
 
@@ -108,14 +109,14 @@ def run_events(*, until_step: int | None = None, end: str | None = "finished") -
 
 def make_app(events: list[ev.Event]) -> tuple[TuitrainApp, FakeSampler]:
     sampler = FakeSampler(two_gpu_snapshot())
-    return TuitrainApp(FakeTrainer(events), sampler=sampler), sampler  # type: ignore[arg-type]
+    return TuitrainApp(InProcessRun(FakeTrainer(events)), sampler=sampler), sampler
 
 
 def settled(app: TuitrainApp, sampler: FakeSampler, word: str, last_log: str):
     """run_before: wait until every event is drawn (status word, last log line, a system sample)."""
     async def wait(pilot: Any) -> None:
         await until(pilot, lambda: word in status_text(app) and last_log in log_text(app)
-                    and app.engine_done.is_set() and sampler.reads >= 2, f"{word} and the whole log on screen")
+                    and app.source_done.is_set() and sampler.reads >= 2, f"{word} and the whole log on screen")
         start = sampler.reads
         await until(pilot, lambda: sampler.reads >= start + 2, "two more refreshes")  # plots drawn after the end
         await pilot.pause()

@@ -63,10 +63,9 @@ def kill(pid: int | None) -> None:
 
 
 def watcher(run_dir: Path) -> Any:
-    from tuitrain.tui.remote_run import RemoteRun
-    from tuitrain.tui.watch import WatchApp
+    from tuitrain.tui.watch import make_app
 
-    return WatchApp(RemoteRun(run_dir), sampler=FakeSampler())
+    return make_app([run_dir], sampler=FakeSampler())
 
 
 def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
@@ -80,7 +79,7 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
         async def first_watcher() -> None:
             app = watcher(R)
             async with app.run_test(size=SIZE) as pilot:
-                await until(pilot, lambda: app.remote.steerable and app.state.step > 0, "the live history")
+                await until(pilot, lambda: app.source.remote.steerable and app.state.step > 0, "the live history")
                 assert "watching the live run" in log_text(app)
                 await pilot.press("p")
                 await wait_event(pilot, R, "paused")
@@ -121,13 +120,13 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
                 return third_state.status == "STOPPED"
 
             async with app.run_test(size=SIZE) as pilot:
-                await until(pilot, lambda: app.remote.steerable and app.remote.history_loaded.is_set(),
+                await until(pilot, lambda: app.source.remote.steerable and app.source.remote.history_loaded.is_set(),
                             "the second watcher to catch up")
                 marks = {kind for _, kind, _ in app.state.marks.in_range(0, 10 ** 9)}
                 assert {"pause", "lr", "checkpoint"} <= marks  # the first watcher's interventions, from the file
                 await pilot.press("x")
                 await until(pilot, lambda: app.state.status == "STOPPED", "STOPPED", timeout=DEADLINE)
-                await until(pilot, lambda: not app.remote.steerable, "steering off after the end")
+                await until(pilot, lambda: not app.source.remote.steerable, "steering off after the end")
                 assert app.check_action("toggle_pause", ()) is None  # greyed out
                 losses = step_losses(R / "metrics.jsonl")
                 assert len(app.state.loss) == len(losses)
@@ -199,7 +198,7 @@ def test_watching_a_finished_run_is_a_read_only_replay(tmp_path: Path) -> None:
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.state.status == "FINISHED", "FINISHED")
             assert "FINISHED" in status_text(app)
-            assert not app.remote.steerable
+            assert not app.source.remote.steerable
             for action in ("toggle_pause", "set_lr", "save", "stop"):
                 assert app.check_action(action, ()) is None, action
             assert app.check_action("quit_run", ()) is True
@@ -275,17 +274,16 @@ def test_watching_two_runs_overlays_them_read_only(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
 
     async def body() -> None:
-        from tuitrain.tui.remote_run import RemoteRun
-        from tuitrain.tui.watch import WatchApp
+        from tuitrain.tui.watch import make_app
         from tuitrain.tui.widgets.loss_plot import LossPlot
         from tuitrain.tui.widgets.metric_plot import MetricPlot
 
-        app = WatchApp(RemoteRun(runs["slow-lr"]), others=[RemoteRun(runs["fast-lr"])], sampler=FakeSampler())
+        app = make_app([runs["slow-lr"], runs["fast-lr"]], sampler=FakeSampler())
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.state.status == "FINISHED" and app.other_states[0].status == "FINISHED",
+            await until(pilot, lambda: app.state.status == "FINISHED" and app.source.other_states[0].status == "FINISHED",
                         "both runs replayed")
             assert [label for label, _ in app.overlays()] == ["slow-lr", "fast-lr"]
-            assert len(app.other_states[0].loss) == len(app.state.loss) == 250
+            assert len(app.source.other_states[0].loss) == len(app.state.loss) == 250
             for action in ("toggle_pause", "set_lr", "save", "stop"):
                 assert app.check_action(action, ()) is None, action
             # The second run appears only in the two legends (the other panels show the first run).

@@ -1,33 +1,35 @@
-"""The live dashboard: a Textual app that trains in a thread worker and steers by keys.
+"""The dashboard: a Textual app that shows a run and steers it by keys.
 
-Data flow (DESIGN.md): keys -> commands -> engine thread; engine -> bounded
-EventBuffer -> a timer here (4 Hz) -> DashboardState -> widgets, inside
-batch_update(). The engine never touches the UI; plots redraw only when
-their data changed, at most once a second.
+It drives one seam, a run source (tui/source.py): the run this dashboard
+started in a child process, a run being watched or replayed, or the engine in
+a worker thread here (`--in-process`). Data flow (DESIGN.md): keys -> commands
+-> source; source -> a timer here (4 Hz) -> DashboardState -> widgets, inside
+batch_update(). Plots redraw only when their data changed, at most once a
+second. The keys are written once, in tui/keys.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Iterable
 
 from textual import events, work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
+from tuitrain.engine import events as ev
 from tuitrain.engine.commands import SaveCheckpoint, SetLR, Stop, TogglePause
-from tuitrain.engine.system import SystemSampler
+from tuitrain.tui import keys
 from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog
+from tuitrain.tui.source import RunSource
 from tuitrain.tui.state import DashboardState, LogLine
+from tuitrain.engine.system import SystemSampler
 from tuitrain.tui.widgets.boundary_panel import BoundaryPanel
 from tuitrain.tui.widgets.event_log import EventLog
 from tuitrain.tui.widgets.grad_norm_plot import GradNormPlot
@@ -40,10 +42,6 @@ from tuitrain.tui.widgets.progress_panel import ProgressPanel
 from tuitrain.tui.widgets.status_bar import StatusBar
 from tuitrain.tui.widgets.system_panel import SystemPanel
 
-if TYPE_CHECKING:
-    from tuitrain.engine.trainer import Trainer
-    from tuitrain.tui.cli import PreparedRun, SignalRelay
-
 #: Seconds between progress-panel repaints (the step counter moves every tick).
 PROGRESS_INTERVAL = 0.5
 #: Seconds between LR-plot redraws while only the "used" curve grows.
@@ -51,17 +49,13 @@ LR_PLOT_INTERVAL = 3.0
 #: Seconds between layer-table updates (the engine sends stats every log interval).
 LAYERS_INTERVAL = 1.0
 
-#: The footer shows [ and ] as one entry: "[] Smooth".
-SMOOTHING = Binding.Group("Smooth", compact=True)
-
 #: The smallest terminal the dashboard draws in (columns, rows); below it, a one-line notice.
 MIN_SIZE = (80, 24)
 
 #: Below this width the footer is compact (one space between keys), so that every key fits.
 FOOTER_COMPACT_BELOW = 120
 
-#: Actions that steer a live run; greyed out once it has ended.
-STEERING = ("toggle_pause", "resume", "set_lr", "save", "stop", "detach")
+STEERING = keys.STEERING
 
 
 def mouse_wanted(env: dict[str, str] | None = None) -> bool:
@@ -75,46 +69,26 @@ class TuitrainApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "tuitrain"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
-    #: The app exits with the run's signal status (128+N) when the run is interrupted;
-    #: `tuitrain watch` (tui/watch.py) stays open instead.
-    EXIT_WITH_RUN = True
     VERTICAL_BREAKPOINTS = [(0, "-tiny"), (20, "-short"), (30, "-tall")]
-    BINDINGS = [
-        Binding("p", "toggle_pause", "Pause", id="pause", tooltip="pause training at the next step"),
-        # The same key while PAUSED: the footer says what p does now (check_action shows one of the two).
-        Binding("p", "resume", "Resume", id="resume", tooltip="resume training"),
-        Binding("l", "set_lr", "LR", id="set-lr", tooltip="set the learning rate"),
-        Binding("s", "save", "Save", id="save", tooltip="save a checkpoint now"),
-        Binding("x", "stop", "Stop", id="stop", tooltip="stop early: evaluate, save, keep the dashboard"),
-        Binding("d", "detach", "Detach", id="detach",
-                tooltip="save, keep training in the background, return the shell (tuitrain watch RUN_DIR)"),
-        Binding("q", "quit_run", "Quit", id="quit", tooltip="quit (stops and saves first)"),
-        Binding("b", "toggle_boundary", "Boundary", id="boundary",
-                tooltip="show or hide the decision boundary (2-D presets)"),
-        Binding("h", "toggle_health", "Health", id="health",
-                tooltip="layer health: gradient norm and per-layer table instead of LR and system"),
-        Binding("y", "toggle_log", "Log", id="log-scale", tooltip="log scale for the loss"),
-        Binding("question_mark", "help", "Help", id="help"),
-        # Hidden from the footer below 100 columns (app.tcss: it would not fit); in the help and the palette.
-        Binding("left_square_bracket", "smoothing(-0.1)", "Smooth-", id="smooth-less", group=SMOOTHING),
-        Binding("right_square_bracket", "smoothing(0.1)", "Smooth+", id="smooth-more", group=SMOOTHING),
-        # ctrl+c closes a dialog (help, LR, palette), wherever the focus is: a second way out where Esc
-        # is unreliable (GNU screen glues a lone Esc to the next key); on the dashboard it points at q.
-        Binding("ctrl+c", "help_quit", show=False, priority=True, id="close-or-help-quit"),
-    ]
+    BINDINGS = keys.bindings()
 
-    def __init__(self, trainer: "Trainer", *, refresh_hz: float = 4.0, plot_interval: float = 1.0,
+    def __init__(self, source: RunSource, *, refresh_hz: float = 4.0, plot_interval: float = 1.0,
                  sampler: SystemSampler | None = None) -> None:
         super().__init__()
-        self.trainer = trainer
+        self.source = source
         self.state = DashboardState()
+        if source.phase is not None:
+            self.state.status = "STARTING"  # until the run's first event: the status bar says what it does
         self.sampler = sampler if sampler is not None else SystemSampler()
         self.refresh_hz = refresh_hz
         self.plot_interval = plot_interval
         self.smoothing = 0.6
         self.log_scale = False
         self.exit_code: int | None = None
-        self.engine_done = threading.Event()
+        self.source_done: threading.Event = source.done
+        """Set when the source's run() returned (the engine ended, or the run's record did)."""
+        self.last_end: ev.RunEnded | None = None
+        """The run's RunEnded, once seen: its final lines go to the shell after the dashboard closes."""
         self._quit_requested = False
         self._last_plot = 0.0
         self._last_lr_plot = 0.0
@@ -130,8 +104,8 @@ class TuitrainApp(App[int]):
         """The middle row shows layer health (h) instead of LR and system."""
         self._last_layers = 0.0
         self._layers_dirty = False
-        self.detach_requested = False
-        """d was pressed: the run saves and ends here, then run_app resumes it in the background."""
+        self._steerable = False
+        self._painted = False
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -158,7 +132,7 @@ class TuitrainApp(App[int]):
         self._compact_footer(self.size.width)
         self._check_size(self.size.width, self.size.height)
         self.sampler.start()
-        self.run_engine()
+        self.run_source()
         self.set_interval(1 / self.refresh_hz, self.drain)
 
     def on_resize(self, event: events.Resize) -> None:
@@ -186,24 +160,19 @@ class TuitrainApp(App[int]):
             footer.compact = compact
 
     def on_unmount(self) -> None:
-        # However the app closes (an error in the UI, say), a live run is told to
-        # stop and save: Textual waits for the engine's worker thread before
-        # app.run() returns, so the run must end for the process to end.
-        if not self.engine_done.is_set():
-            self.trainer.commands.put(Stop(reason="the dashboard closed"))
+        # However the app closes (an error in the UI, say), the source is told: an in-process run
+        # stops and saves (Textual waits for its worker thread), a followed one stops following.
+        self.source.close()
 
-    # -- the engine ---------------------------------------------------------------
-    @work(thread=True, exclusive=True, exit_on_error=False, group="engine", name="engine")
-    def run_engine(self) -> Any:
-        try:
-            return self.trainer.run()
-        finally:
-            self.engine_done.set()
+    # -- the source ---------------------------------------------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False, group="source", name="source")
+    def run_source(self) -> Any:
+        return self.source.run()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.worker.group != "engine" or event.state != WorkerState.ERROR:
+        if event.worker.group != "source" or event.state != WorkerState.ERROR:
             return
-        # Trainer.run() reports failures itself; reaching here is a bug in tuitrain.
+        # Sources report the run's failures as events; reaching here is a bug in tuitrain.
         error = event.worker.error
         self.state.status, self.state.end_status = "FAILED", "failed"
         self.state.log.append(LogLine(time.time(), "error", f"internal error: {type(error).__name__}: {error}"))
@@ -214,10 +183,22 @@ class TuitrainApp(App[int]):
         """Timer: take every pending event, update what changed, in one batch."""
         if not self.is_running:
             return  # shutting down: the widgets may be gone
-        events = self.trainer.events.drain()
-        state = self.state
+        source, state = self.source, self.state
+        events = source.drain()
         if events:
             state.apply_all(events)
+            if isinstance(events[-1], ev.RunEnded):
+                self.last_end = events[-1]
+        state.log.extend(source.take_notes())
+        state.dirty |= source.drain_overlays()
+        if source.failed_start is not None:
+            self._finish(source.failed_start)  # the run ended before it could be shown: the launcher says why
+            return
+        phase = source.phase
+        if phase is not None and state.status in ("STARTING", "RUNNING") and state.step == 0:
+            state.status, state.phase = "STARTING", phase
+        elif state.status == "STARTING":
+            state.status, state.phase = "RUNNING", None
         snapshot = self.sampler.latest()
         dirty = state.dirty
         state.dirty = set()
@@ -249,15 +230,19 @@ class TuitrainApp(App[int]):
                                       or self._first_data(state)):
                 self._replot(now, force=ended)
                 self._last_plot = now
+        if not self._painted and len(state.loss):
+            self._painted = True
+            self.call_after_refresh(source.painted)  # painted: a reader may go full speed
         if not state.running and not self._ended_seen:
             self._ended_seen = True
-            if state.end_signal and self.EXIT_WITH_RUN:
-                self._finish(128 + int(state.end_signal))
+            if state.end_signal and source.exit_with_run:
+                self._finish(source.exit_status(state))
         if self._quit_requested and not state.running:
-            self._finish(self._exit_code_for_end())
-        if state.status != self._bindings_status:
-            # The Footer recomposes on refresh_bindings: only when the status word changes.
-            self._bindings_status = state.status
+            self._finish(source.exit_status(state))
+        steerable = source.steerable
+        if state.status != self._bindings_status or steerable != self._steerable:
+            # The Footer recomposes on refresh_bindings: only when the status word or steering changes.
+            self._bindings_status, self._steerable = state.status, steerable
             self.refresh_bindings()
 
     def _first_data(self, state: DashboardState) -> bool:
@@ -292,8 +277,8 @@ class TuitrainApp(App[int]):
         self._plots_dirty = dirty & {"lr", "boundary", "grad"}
 
     def overlays(self) -> list[tuple[str, DashboardState]]:
-        """Runs drawn together on the loss and metric plots (`tuitrain watch a b`); none here."""
-        return []
+        """Runs drawn together on the loss and metric plots (`tuitrain watch a b`)."""
+        return self.source.overlays(self.state)
 
     @property
     def _boundary_visible(self) -> bool:
@@ -309,11 +294,6 @@ class TuitrainApp(App[int]):
         screen.set_class(self._boundary_visible, "-boundary")
         screen.set_class(self.show_health, "-health")
 
-    def _exit_code_for_end(self) -> int:
-        if self.state.end_signal:
-            return 128 + int(self.state.end_signal)
-        return 1 if self.state.end_status == "failed" else 0
-
     def _finish(self, code: int) -> None:
         if self.exit_code is not None:
             return
@@ -327,73 +307,89 @@ class TuitrainApp(App[int]):
         return super().run(*args, mouse=mouse_wanted() if mouse is None else mouse, **kwargs)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        offered = self.source.offered()
+        if keys.action_name(action) not in offered and action != "quit":
+            return False  # not a key of this viewer (q's other meaning, d in watch)
         paused = self.state.status == "PAUSED" and self.state.running
         if action == "resume" and not paused:
             return False  # hidden: p shows as Pause
         if action == "toggle_pause" and paused:
             return False  # hidden: p shows as Resume
-        if action in STEERING and not self.state.running:
-            return None  # shown greyed out: nothing to steer after the run ended
+        if action in STEERING and not (self.state.running and self.source.steerable):
+            return None  # shown greyed out: nothing to steer (ended, starting, read-only)
         if action == "toggle_boundary" and self.state.boundary_points is None:
             return None  # not a 2-D preset: there is no boundary to show
         return True
 
+    def _send(self, command: Any) -> None:
+        self.source.send(command)
+
     def action_toggle_pause(self) -> None:
-        self.trainer.commands.put(TogglePause())
+        self._send(TogglePause())
 
     def action_resume(self) -> None:
         """p while PAUSED: a toggle too, so that p pressed twice quickly still means pause-resume."""
-        self.trainer.commands.put(TogglePause())
+        self._send(TogglePause())
 
     def action_set_lr(self) -> None:
         def apply(value: float | None) -> None:
             if value is None:
                 return
             if self.state.running:
-                self.trainer.commands.put(SetLR(value))
+                self._send(SetLR(value))
             else:
                 self.notify("The run has ended; the learning rate was not changed.", severity="warning")
 
         self.push_screen(LRDialog(self.state.lr), apply)
 
     def action_save(self) -> None:
-        self.trainer.commands.put(SaveCheckpoint())
+        self._send(SaveCheckpoint())
 
     def action_stop(self) -> None:
-        self.trainer.commands.put(Stop(reason="stopped from the dashboard"))
+        self._send(Stop(reason=self.source.stop_reason()))
 
     def action_detach(self) -> None:
-        """Save at this step (no evaluation, like SIGHUP) and end; run_app continues the run in the background."""
-        if not self.state.running or self.detach_requested:
+        """d: the run goes on without this dashboard (how depends on the source), and the shell returns."""
+        source = self.source
+        if not source.can_detach or not self.state.running or source.detached or not source.steerable:
             return
-        from tuitrain.tui.detach import DETACH_SIGNAL
-
-        self.detach_requested = True
-        self.state.log.append(LogLine(time.time(), "action",
-                                      "detaching: saving a checkpoint, then training continues in the background"))
-        self.trainer.commands.put(Stop(reason="detached from the dashboard", signal=DETACH_SIGNAL))
+        source.detach()
+        if source.quit_on_detach:
+            self._finish(0)
 
     def action_help_quit(self) -> None:
         """ctrl+c: close the dialog on top; on the dashboard, point at the key that quits safely."""
         if len(self.screen_stack) > 1:
             self.screen.dismiss(None)
             return
-        self.notify("Press q to quit (a running training is stopped and saved first).", markup=False)
+        if self.source.quit_stops_run:
+            self.notify("Press q to quit (a running training is stopped and saved first).", markup=False)
+        else:
+            self.notify("Press q to close this viewer (the run keeps training); x stops the run.", markup=False)
 
     async def action_quit(self) -> None:
-        """ctrl+q (Textual's own quit key) quits the same safe way as q."""
-        self.action_quit_run()
+        """ctrl+q (Textual's own quit key) leaves the same safe way as q."""
+        if self.source.quit_stops_run:
+            self.action_quit_run()
+        else:
+            self.action_leave()
+
+    def action_leave(self) -> None:
+        """q where leaving never stops the run (tuitrain watch)."""
+        self.source.close()
+        self._finish(self.source.exit_status(self.state))
 
     def action_quit_run(self) -> None:
-        if self.engine_done.is_set():
+        source = self.source
+        if source.done.is_set():
             self.drain()  # the run ended: take its last events before choosing the exit status
-        if self.state.running and not self.engine_done.is_set():
+        if self.state.running and not source.done.is_set() and source.steerable:
             if not self._quit_requested:
                 self._quit_requested = True
                 self.state.log.append(LogLine(time.time(), "action", "quitting: stopping and saving first"))
-                self.trainer.commands.put(Stop(reason="quit from the dashboard"))
+                self._send(Stop(reason=source.quit_reason()))
             return
-        self._finish(self._exit_code_for_end())
+        self._finish(source.exit_status(self.state))
 
     def action_smoothing(self, delta: float) -> None:
         self.smoothing = min(0.99, max(0.0, round(self.smoothing + delta, 2)))
@@ -406,7 +402,13 @@ class TuitrainApp(App[int]):
         self._last_plot = 0.0
 
     def action_help(self) -> None:
-        self.push_screen(HelpScreen())
+        source = self.source
+        offered = source.offered()
+        rows = keys.help_rows(offered)
+        if not (offered & {"set_lr"}):
+            why = "several runs are compared" if source.overlays(self.state) else "the run is not live here"
+            rows.append(("", "read-only: " + why))
+        self.push_screen(HelpScreen(rows, title=source.help_title))
 
     def action_toggle_boundary(self) -> None:
         if self.state.boundary_points is None:
@@ -429,148 +431,16 @@ class TuitrainApp(App[int]):
             self.call_after_refresh(lambda: self.query_one(GradNormPlot).replot(self.state, clip=self._grad_clip()))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Only tuitrain's commands, once each: Textual's own (a second Quit and Keys, Maximize,
-        Screenshot, Theme) do nothing useful here."""
-        running = self.state.running
-        if running:
-            yield SystemCommand("Pause / resume training", "p: pause or resume at the next step",
-                                self.action_toggle_pause)
-            yield SystemCommand("Set learning rate", "l: a new LR from now on (scales the schedule)",
-                                self.action_set_lr)
-            yield SystemCommand("Save checkpoint now", "s: write checkpoints/step-<N>.pt", self.action_save)
-            yield SystemCommand("Stop early", "x: finish the step, evaluate, save", self.action_stop)
-            yield SystemCommand("Detach", "d: keep training in the background and return the shell",
-                                self.action_detach)
-        yield SystemCommand("Quit tuitrain", "q: stops and saves first while training", self.action_quit_run)
-        yield SystemCommand("More smoothing", "]: smooth the loss curve more", lambda: self.action_smoothing(0.1))
-        yield SystemCommand("Less smoothing", "[: smooth the loss curve less", lambda: self.action_smoothing(-0.1))
-        yield SystemCommand("Toggle log scale", "y: log scale for the loss plot", self.action_toggle_log)
-        if self.state.boundary_points is not None:
-            yield SystemCommand("Toggle decision boundary", "b: the model's predicted class over the input plane",
-                                self.action_toggle_boundary)
-        yield SystemCommand("Toggle layer health", "h: gradient norm and per-layer norms instead of LR and system",
-                            self.action_toggle_health)
-        yield SystemCommand("Keys", "?: every key", self.action_help)
-
-
-SWITCH_INTERVAL = 0.02
-
-#: Seconds Textual gets to restore the terminal and return once the run is over
-#: and an exit was asked for, before the process exits on its own.
-EXIT_GRACE = 5.0
-#: Seconds between looks at the terminal (is it still there?). Once it is gone there is
-#: nothing to restore: the saved run ends the process at once (a dropped connection must
-#: end it within 2 s).
-TERMINAL_CHECK = 0.1
-
-
-def terminal_gone(fds: Iterable[int]) -> bool:
-    """Has the terminal on any of these descriptors (terminals at the start) hung up?
-
-    poll() with no events asked still reports POLLHUP/POLLERR/POLLNVAL, and reads nothing,
-    so Textual's input thread is not disturbed. (Not isatty() now: on a hung-up
-    terminal it may fail and call it 'not a terminal'.)
-    """
-    import select
-
-    watched = list(fds)
-    if not watched:
-        return False
-    poller = select.poll()
-    for fd in watched:
-        poller.register(fd, 0)
-    bad = select.POLLHUP | select.POLLERR | select.POLLNVAL
-    return any(mask & bad for _, mask in poller.poll(0))
-
-
-def _isatty(fd: int) -> bool:
-    try:
-        return os.isatty(fd)
-    except OSError:
-        return False
-
-
-def _watch_terminal(relay: "SignalRelay", returned: threading.Event, fds: tuple[int, ...]) -> None:
-    """A terminal that went away is a hangup, even when no SIGHUP reaches us (a wrapper that
-    catches or ignores it, as supervisors and `bash -c 'trap "" HUP; ...'` do)."""
-    while not returned.wait(TERMINAL_CHECK):
-        if terminal_gone(fds):
-            relay.terminal_lost()
-            return
-
-
-def _exit_watchdog(app: TuitrainApp, relay: "SignalRelay", returned: threading.Event,
-                   finalize: Callable[[int], int], ttys: tuple[int, ...] = ()) -> None:
-    """Make sure a finished, saved run always ends the process.
-
-    When the terminal is gone (SIGHUP: the SSH connection dropped), Textual can
-    block for ever writing to it while shutting down. The checkpoint is on disk
-    by then, so after a grace period the process exits with the right status:
-    at once when the terminal has hung up (there is nothing left to restore).
-    """
-    while not returned.wait(TERMINAL_CHECK):
-        wants_exit = app.exit_code is not None or relay.received is not None
-        if wants_exit and app.engine_done.is_set():
-            if returned.wait(0.0 if terminal_gone(ttys) else EXIT_GRACE):
-                return
-            code = app.exit_code if app.exit_code is not None else 128 + int(relay.received or 0)
-            os._exit(finalize(code))
-
-
-def _print_final(ended: list[Any], metric: str, relay: "SignalRelay") -> None:
-    """After the alternate screen closed: what headless prints at the end (status, best val, run dir).
-
-    Not after SIGHUP: there is no terminal to print to.
-    """
-    if not ended or relay.received == getattr(signal, "SIGHUP", None):
-        return
-    from tuitrain.tui.headless import final_lines
-
-    for text, err in final_lines(ended[-1], metric):
-        try:
-            print(text, file=sys.stderr if err else sys.stdout, flush=True)
-        except (OSError, ValueError):
-            return
-
-
-def run_app(run: "PreparedRun", relay: "SignalRelay") -> int:
-    """Build the trainer, run the dashboard until the user quits, return the exit status."""
-    ended: list[Any] = []  # the RunEnded event, printed to the shell once the dashboard is gone
-    trainer = run.start(relay, boundary=True,  # the grids are for live viewers: headless skips them
-                        listeners=[lambda e: ended.append(e) if type(e).__name__ == "RunEnded" else None])
-    if isinstance(trainer, int):
-        return trainer
-    app = TuitrainApp(trainer)
-
-    def finalize(code: int) -> int:
-        """Close the control socket; after a detach (d, or SIGHUP with --on-hangup detach) resume in the background."""
-        return run.finish(code, detach=app.detach_requested or relay.detach_requested,
-                          to_terminal=not relay.detach_requested)
-
-    # The UI and the engine share the GIL. A longer switch interval than
-    # Python's 5 ms lets the engine keep it through its many short releases
-    # instead of handing it to the UI each time; keys still answer within
-    # tens of ms (measured: tests/perf/bench_dashboard.py).
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    returned = threading.Event()
-    ttys = tuple(fd for fd in (0, 1, 2) if _isatty(fd))  # the terminal as it was at the start
-    threading.Thread(target=_exit_watchdog, args=(app, relay, returned, finalize, ttys),
-                     name="tuitrain-exit-watchdog", daemon=True).start()
-    threading.Thread(target=_watch_terminal, args=(relay, returned, ttys), name="tuitrain-terminal-watch",
-                     daemon=True).start()
-    try:
-        app.run()
-    finally:
-        returned.set()
-        app.sampler.stop()
-        if not app.engine_done.is_set():
-            # The app ended without the run ending (an error, or a lost terminal):
-            # stop the run so that it saves, and wait for it.
-            trainer.commands.put(Stop(reason="the dashboard closed"))
-            app.engine_done.wait(timeout=120)
-    _print_final(ended, trainer.preset.metric_name, relay)
-    if app.exit_code is not None:
-        return finalize(app.exit_code)
-    if relay.received is not None:
-        return finalize(128 + relay.received)
-    return finalize(app._exit_code_for_end() if not app.state.running else 1)
+        """Only tuitrain's commands, once each, from the keys table: Textual's own (a second Quit and Keys,
+        Maximize, Screenshot, Theme) do nothing useful here. Keys greyed out now are left out."""
+        for key, title, text in keys.palette_entries(self.source.offered()):
+            name = keys.action_name(key.action)
+            if name == "toggle_pause":  # one entry for p, whichever of its two meanings is showing
+                allowed = self.state.running and self.source.steerable
+            else:
+                allowed = self.check_action(name, ()) is True
+            if not allowed:
+                continue
+            parameters = tuple(float(a) for a in key.action[len(name) + 1:-1].split(",")) if "(" in key.action else ()
+            method = getattr(self, f"action_{name}")
+            yield SystemCommand(title, text, (lambda m=method, p=parameters: m(*p)))

@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     # How --detach starts its background run: headless, and computing the decision-boundary
     # frames that a watcher shows (a plain headless run skips them).
     what.add_argument("--for-watchers", action="store_true", help=argparse.SUPPRESS)
+    what.add_argument("--in-process", action="store_true",
+                      help="train in a thread of the dashboard's own process instead of a child process "
+                           "(slower: the two share one interpreter; d then saves and restarts the run)")
+    # How the dashboard starts its run: the child side of the lifeline (tui/lifeline.py).
+    what.add_argument("--lifeline", type=_integer, help=argparse.SUPPRESS)
     what.add_argument("--on-hangup", choices=ON_HANGUP,
                       help="on SIGHUP (the terminal closed): save-exit saves and exits 129 (default); "
                            "detach saves and continues the run in the background")
@@ -229,15 +234,26 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if args.pop("list_presets", False):
         return _list_presets()
     detach = args.pop("detach", False)
-    background = args.pop("for_watchers", False)
+    in_process = args.pop("in_process", False)
+    lifeline = _lifeline(args.pop("lifeline", None), relay)
+    background = args.pop("for_watchers", False) or lifeline is not None
     relay.on_hangup = args.pop("on_hangup", "save-exit")
     # Textual draws on stderr: both streams must be the terminal for a dashboard.
     headless = args.pop("headless", False) or background or not (sys.stdout.isatty() and sys.stderr.isatty())
     preset_spec, resume = args.pop("preset", None), args.pop("resume", None)
     if preset_spec is None and resume is None:
         raise UsageError("nothing to run: give --preset NAME (see --list-presets) or --resume RUN_DIR")
+    if in_process and (detach or headless):
+        raise UsageError("--in-process is for the dashboard; it cannot be used with --detach or --headless")
 
     _answer_without_torch(preset_spec, resume)
+    if not headless and not detach and not in_process:
+        # The dashboard: the run trains in a child process that it starts; this one never imports torch.
+        from tuitrain.tui.launch import run_attached
+        relay.restore()
+        return run_attached(argv, on_hangup=relay.on_hangup)
+    if lifeline is not None:
+        lifeline.say(phase="importing torch")
     run = _prepare(preset_spec, resume, args)
     run.for_watchers = background
     warning = threads_warning(run.cfg.threads)
@@ -249,10 +265,45 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         return start_detached(argv, run.run_dir, resuming_dir=resume is not None and Path(resume).is_dir())
     if headless:
         from tuitrain.tui.headless import run_headless
-        rc = run_headless(run, relay)
+        on_started = None
+        if lifeline is not None:
+            lifeline.say(phase="building the model")
+            on_started = lambda: _report_ready(lifeline, run.run_dir)  # noqa: E731
+        rc = run_headless(run, relay, on_started=on_started)
         return run.finish(rc, detach=relay.detach_requested, to_terminal=True)
-    from tuitrain.tui.app import run_app
-    return run_app(run, relay)
+    from tuitrain.tui.launch import run_in_process
+    return run_in_process(run, relay)
+
+
+def _lifeline(fd: int | None, relay: "SignalRelay") -> Any:
+    """The run's end of the lifeline to the dashboard that started it (tui/lifeline.py), watched from now on."""
+    if fd is None:
+        return None
+    from tuitrain.tui.lifeline import RunEnd
+
+    try:
+        end = RunEnd(fd)
+    except OSError as exc:
+        raise UsageError(f"--lifeline {fd}: not an open socket ({exc.strerror or exc})") from None
+    relay.lifeline = end
+    end.watch()
+    return end
+
+
+def _report_ready(lifeline: Any, run_dir: Path) -> None:
+    """The run serves its socket: from now on its output goes to RUN_DIR/output.log, and the dashboard attaches."""
+    from tuitrain.tui.detach import LOG_NAME
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        fd = os.open(run_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    except OSError:
+        pass  # the output stays where it was; the run itself is unaffected
+    lifeline.say(ready=str(run_dir), pid=os.getpid())
 
 
 def _list_presets() -> int:
@@ -666,6 +717,9 @@ class SignalRelay:
         self.on_hangup = "save-exit"
         """'detach': SIGHUP saves and the run continues in the background (tui/detach.py)."""
         self.detach_requested = False
+        self.lifeline: Any = None
+        """A run started by a dashboard (tui/lifeline.py RunEnd): it is already in the background, so
+        with --on-hangup detach a hangup (or the dashboard going away) leaves it training as it is."""
 
     def install(self) -> "SignalRelay":
         for sig in self.SIGNALS:
@@ -677,6 +731,9 @@ class SignalRelay:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == getattr(signal, "SIGHUP", None) and self.lifeline is not None and self.on_hangup == "detach":
+            self.lifeline.detached.set()
+            return  # its own session already: nothing to move, keep training
         # Recorded first: Python can swallow an exception raised in a handler
         # (inside compile() during an import, say), and attach() re-checks.
         if self.commands is None:
@@ -711,14 +768,6 @@ class SignalRelay:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-def exit_code(result: Any) -> int:
-    if result.status == "interrupted" and result.signal:
-        return 128 + int(result.signal)
-    if result.status == "failed":
-        return EXIT_FAILED
-    return EXIT_OK
 
 
 if __name__ == "__main__":

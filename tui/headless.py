@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from tuitrain.engine import events as ev
-from tuitrain.engine.checkpoint import size_text
 from tuitrain.engine.commands import Stop, clean_text
+from tuitrain.tui.text import final_lines, size_text
 
 #: The longest line the reporter prints (anything longer is cut, marked with an ellipsis).
 MAX_LINE_CHARS = 2000
@@ -152,31 +152,9 @@ class HeadlessReporter:
             self._print(text, err=err)
 
 
-def final_lines(e: ev.RunEnded, metric: str) -> list[tuple[str, bool]]:
-    """What a run prints when it ends, as (line, to stderr): headless, and the dashboard once it closed."""
-    s = e.summary
-    line = (f"{e.status}: {_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')} in {s['train_seconds']:.1f} s "
-            f"({s['steps_per_sec']:,.0f} steps/s)")
-    if s.get("best_val_loss") is not None:
-        line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
-    final = s.get("final") or {}
-    value = final.get(f"val_{metric}")
-    if value is not None:
-        line += f" | val {metric} {value:.4f}"
-    out = [(line, e.status == "failed")]
-    if e.status == "failed":
-        out.append((f"error: {s['reason']} (details in {s['run_dir']}/error.txt)"
-                    if "error.txt" not in s["reason"] else f"error: {s['reason']}", True))
-    out.append((f"run dir: {s['run_dir']}", False))
-    return out
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
-
-
-def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
-    from tuitrain.tui.cli import exit_code
+def run_headless(run: "PreparedRun", relay: "SignalRelay", on_started: Callable[[], None] | None = None) -> int:
+    """Train in this thread, printing lines; `on_started` runs once the run serves its socket, before step 1."""
+    from tuitrain.engine.rundir import exit_status
 
     # The reporter hears every event as a listener; nobody reads the EventBuffer here, so it keeps
     # nothing (a full one holds 10,000 events: over a GB of step batches in a long fast run).
@@ -186,7 +164,10 @@ def run_headless(run: "PreparedRun", relay: "SignalRelay") -> int:
     if isinstance(trainer, int):
         return trainer
     reporter.commands, reporter.steerable = trainer.commands, run.control is not None
+    if on_started is not None:
+        on_started()
     try:
-        return exit_code(trainer.run())
+        result = trainer.run()
+        return exit_status(result.status, result.signal)
     finally:
         run.close()  # watchers see EOF; the socket file goes

@@ -84,8 +84,10 @@ class RemoteRun:
     """Watch (and, when it is live and ours, steer) the run in `run_dir`."""
 
     def __init__(self, run_dir: str | os.PathLike[str], *, poll_interval: float = POLL_INTERVAL,
-                 chunk_bytes: int = 1 << 20) -> None:
+                 chunk_bytes: int = 1 << 20, announce: bool = True) -> None:
         self.run_dir = Path(run_dir)
+        self.announce = announce
+        """Say in the log which run is watched and what q means (not for the run a dashboard started)."""
         self.poll_interval = poll_interval
         self.chunk_bytes = chunk_bytes
         self.events = _Inbox()
@@ -160,8 +162,9 @@ class RemoteRun:
             self.note("warning", f"cannot steer this run: {exc}; watching read-only")
             return
         pid = self.client.hello.get("pid")
-        self.note("info", f"watching the live run in {self.run_dir} (pid {pid}); "
-                          "q detaches this watcher and the run keeps training, x stops the run")
+        if self.announce:
+            self.note("info", f"watching the live run in {self.run_dir} (pid {pid}); "
+                              "q detaches this watcher and the run keeps training, x stops the run")
 
     def _follow(self, follower: Any) -> None:
         from tuitrain.engine.replay import RecordDecoder

@@ -40,6 +40,8 @@ class DashboardState:
     task: str = "classification"
     metric: str = "acc"
     status: str = "RUNNING"
+    phase: str | None = None
+    """While STARTING: what the run process is doing ("importing torch", "building the model")."""
     end_status: str | None = None
     end_signal: int | None = None
     run_dir: str = ""
@@ -206,7 +208,7 @@ class DashboardState:
         self.dirty |= {"lr", "loss", "progress"}
 
     def _on_CheckpointSaved(self, e: ev.CheckpointSaved) -> None:
-        from tuitrain.engine.checkpoint import size_text
+        from tuitrain.tui.text import size_text
 
         if e.reason in ("manual", "stop", "interrupt", "end"):
             self.marks.add(e.step, "checkpoint", "saved")

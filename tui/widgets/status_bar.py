@@ -20,7 +20,7 @@ def fmt_duration(seconds: float | None) -> str:
 
 
 class StatusBar(TextPanel):
-    COMPONENT_CLASSES = {"status-bar--title", "status-bar--clock", "status-bar--running", "status-bar--paused",
+    COMPONENT_CLASSES = {"status-bar--title", "status-bar--clock", "status-bar--running", "status-bar--starting", "status-bar--paused",
                          "status-bar--stopped", "status-bar--finished", "status-bar--failed",
                          "status-bar--died"}
 
@@ -30,6 +30,8 @@ class StatusBar(TextPanel):
         clock = f" elapsed {elapsed}"
         if eta is not None and state.status == "RUNNING":
             clock += f" · ETA {fmt_duration(eta)}"
+        if state.status == "STARTING":
+            clock = f" {state.phase or 'starting'}…"
         key = (state.preset, state.device, state.status, clock)
         if key == self._key:
             return

@@ -1,0 +1,341 @@
+"""The dashboard's side of a run's life: start it, hold the lifeline, pass signals on, choose the exit status.
+
+Two shapes, one screen (tui/app.py drives either through tui/source.py):
+
+- attached (the default): the run is a child process, `tuitrain ... --lifeline FD`,
+  in its own session, writing RUN_DIR/output.log. The dashboard never imports
+  torch, so it paints at once and says what the run is doing while it starts.
+  SIGINT/SIGTERM/SIGHUP on the dashboard are passed to the run (which saves and
+  exits 130/143/129); `d` leaves it training; the dashboard's exit status is
+  the run's.
+- in-process (`--in-process`): the engine in a thread worker of this process,
+  the shape tuitrain started with; `d` saves and resumes it in the background.
+
+Either way a dropped terminal must not leave the process hanging: Textual can
+block for ever writing to a dead terminal while it shuts down, so a watchdog
+ends the process with the right status once the run is over.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from tuitrain.tui.app import TuitrainApp
+    from tuitrain.tui.cli import PreparedRun, SignalRelay
+    from tuitrain.tui.source import LaunchedRun
+
+#: The in-process shape: the UI and the engine share the GIL. A longer switch interval than Python's
+#: 5 ms lets the engine keep it through its many short releases (tests/perf/bench_dashboard.py).
+SWITCH_INTERVAL = 0.02
+#: Seconds Textual gets to restore the terminal and return once the run is over and an exit was
+#: asked for, before the process exits on its own.
+EXIT_GRACE = 5.0
+#: Seconds between looks at the terminal (is it still there?).
+TERMINAL_CHECK = 0.1
+#: How long the dashboard waits for its run to save and exit once it was asked to end.
+RUN_EXIT_TIMEOUT = 120.0
+
+HANGUP = int(getattr(signal, "SIGHUP", 1))
+
+
+# -- the terminal ------------------------------------------------------------------------------
+
+def terminal_gone(fds: Iterable[int]) -> bool:
+    """Has the terminal on any of these descriptors (terminals at the start) hung up?
+
+    poll() with no events asked still reports POLLHUP/POLLERR/POLLNVAL, and reads nothing,
+    so Textual's input thread is not disturbed. (Not isatty() now: on a hung-up
+    terminal it may fail and call it 'not a terminal'.)
+    """
+    import select
+
+    watched = list(fds)
+    if not watched:
+        return False
+    poller = select.poll()
+    for fd in watched:
+        poller.register(fd, 0)
+    bad = select.POLLHUP | select.POLLERR | select.POLLNVAL
+    return any(mask & bad for _, mask in poller.poll(0))
+
+
+def _isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def _terminal_fds() -> tuple[int, ...]:
+    return tuple(fd for fd in (0, 1, 2) if _isatty(fd))
+
+
+def _watch_terminal(lost: Callable[[], None], returned: threading.Event, fds: tuple[int, ...]) -> None:
+    """A terminal that went away is a hangup, even when no SIGHUP reaches us (a wrapper that
+    catches or ignores it, as supervisors and `bash -c 'trap "" HUP; ...'` do)."""
+    while not returned.wait(TERMINAL_CHECK):
+        if terminal_gone(fds):
+            lost()
+            return
+
+
+def _exit_watchdog(wants_exit: Callable[[], bool], run_over: Callable[[], bool], returned: threading.Event,
+                   status: Callable[[], int], ttys: tuple[int, ...]) -> None:
+    """Make sure a finished, saved run always ends the process (at once when the terminal hung up)."""
+    while not returned.wait(TERMINAL_CHECK):
+        if wants_exit() and run_over():
+            if returned.wait(0.0 if terminal_gone(ttys) else EXIT_GRACE):
+                return
+            os._exit(status())
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    try:
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _print_final(end: Any, metric: str, hung_up: bool) -> None:
+    """After the alternate screen closed: what headless prints at the end (not after a hangup)."""
+    if end is None or hung_up:
+        return
+    from tuitrain.tui.text import final_lines
+
+    for text, err in final_lines(end, metric):
+        _say(text, err=err)
+
+
+# -- the attached shape (default) ---------------------------------------------------------------
+
+class SignalForwarder:
+    """SIGINT/SIGTERM/SIGHUP on the dashboard go to the run, which keeps their meaning (save, 128+N).
+
+    A signal the parent set to be ignored (nohup ignores SIGHUP) stays ignored;
+    a terminal that went away counts as SIGHUP all the same.
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "SignalForwarder":
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN:
+                continue
+            self._previous[sig] = current
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == HANGUP and self.received == HANGUP:
+            return  # one dropped connection often delivers several
+        self.received = signum if self.received is None else self.received
+        try:
+            os.kill(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def terminal_lost(self) -> None:
+        if self.received is None:
+            self._handle(HANGUP, None)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def child_command(args: Sequence[str], fd: int) -> list[str]:
+    """The run process: this interpreter and this tuitrain, whatever the PATH says."""
+    return [sys.executable, "-m", "tuitrain.tui.cli", *args, "--lifeline", str(fd)]
+
+
+def start_child(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], "Any", Any]:
+    """Start the run: own session (no SIGHUP from the terminal: the dashboard decides), stdin /dev/null,
+    stdout and stderr into an unnamed file until it moves them to RUN_DIR/output.log."""
+    from tuitrain.tui.lifeline import pair
+
+    viewer_end, fd = pair()
+    out = tempfile.TemporaryFile()
+    env = dict(os.environ)
+    env.pop("TEXTUAL", None)
+    try:
+        proc = subprocess.Popen(child_command(args, fd), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                pass_fds=(fd,), start_new_session=True, close_fds=True, env=env)
+    finally:
+        os.close(fd)
+    return proc, viewer_end, out
+
+
+def startup_output(out: Any) -> str:
+    """What the run printed before it moved its output to output.log (a usage error, a warning)."""
+    try:
+        return os.pread(out.fileno(), 1 << 20, 0).decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+
+
+def _returncode(code: int | None) -> int:
+    if code is None:
+        return 1
+    return code if code >= 0 else 128 - code
+
+
+def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
+                 make_app: Callable[["LaunchedRun"], "TuitrainApp"] | None = None) -> int:
+    """`tuitrain --preset ...` in a terminal: start the run, attach the dashboard, return the exit status."""
+    from tuitrain.tui.source import LaunchedRun
+
+    proc, lifeline, out = start_child(args)
+    source = LaunchedRun(proc, lifeline, startup_output=lambda: startup_output(out))
+    if make_app is None:
+        from tuitrain.tui.app import TuitrainApp
+        from tuitrain.engine.system import SystemSampler
+
+        app = TuitrainApp(source, sampler=SystemSampler(pid=proc.pid))
+    else:
+        app = make_app(source)
+    forwarder = SignalForwarder(proc.pid).install()
+    returned = threading.Event()
+    ttys = _terminal_fds()
+
+    def run_over() -> bool:
+        return proc.poll() is not None or source.detached
+
+    def wants_exit() -> bool:
+        return app.exit_code is not None or forwarder.received is not None
+
+    def status() -> int:
+        return 0 if source.detached else _returncode(proc.poll())
+
+    def hangup_leaves() -> None:
+        """--on-hangup detach: the run stays as it is (the forwarded SIGHUP told it so); this viewer goes."""
+        while not returned.wait(TERMINAL_CHECK):
+            if forwarder.received == HANGUP:
+                source.detach()
+                try:
+                    app.call_from_thread(app.exit, 0)
+                except RuntimeError:
+                    pass  # the app already stopped
+                return
+
+    threading.Thread(target=_exit_watchdog, args=(wants_exit, run_over, returned, status, ttys),
+                     name="tuitrain-exit-watchdog", daemon=True).start()
+    threading.Thread(target=_watch_terminal, args=(forwarder.terminal_lost, returned, ttys),
+                     name="tuitrain-terminal-watch", daemon=True).start()
+    if on_hangup == "detach":
+        threading.Thread(target=hangup_leaves, name="tuitrain-hangup-detach", daemon=True).start()
+    try:
+        app.run()
+    finally:
+        returned.set()
+        forwarder.restore()
+        source.close()
+    try:
+        return _after_attached(app, source, proc, out, forwarder.received, on_hangup)
+    finally:
+        lifeline.close()
+        out.close()
+
+
+def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.Popen[bytes], out: Any,
+                    received: int | None, on_hangup: str) -> int:
+    """The dashboard has closed: say what happened to the run, and return the exit status."""
+    hung_up = received == HANGUP
+    if source.failed_start is not None:
+        text = startup_output(out).rstrip()
+        if text:
+            _say(text, err=source.failed_start != 0)
+        return source.failed_start
+    run_dir = source.run_dir
+    if source.detached or (hung_up and on_hangup == "detach"):
+        source.detach()
+        _say(f"detached: training continues in the background (pid {proc.pid}); tuitrain watch {run_dir}")
+        return 0
+    if run_dir is not None and proc.poll() is None and received is None and app.exit_code is None:
+        # The dashboard itself failed (Textual printed the error): the run is intact and keeps training.
+        source.detach()
+        _say(f"tuitrain: the dashboard closed unexpectedly; the run keeps training (pid {proc.pid}): "
+             f"tuitrain watch {run_dir}", err=True)
+        return 1
+    if run_dir is None and proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)  # closed before the run could start: nothing to keep
+    try:
+        code = proc.wait(timeout=RUN_EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        _say(f"tuitrain: the run (pid {proc.pid}) did not exit within {RUN_EXIT_TIMEOUT:.0f} s; "
+             f"it is still in {run_dir}", err=True)
+        return 1
+    code = _returncode(code)
+    end = app.last_end
+    _print_final(end, app.state.metric, hung_up)
+    if end is None and code != 0:
+        text = startup_output(out).rstrip()
+        if text:
+            _say(text, err=True)
+    return code
+
+
+# -- the in-process shape ----------------------------------------------------------------------
+
+def run_in_process(run: "PreparedRun", relay: "SignalRelay") -> int:
+    """`--in-process`: build the trainer here, run the dashboard until the user quits, return the status."""
+    from tuitrain.engine.commands import Stop
+    from tuitrain.tui.app import TuitrainApp
+    from tuitrain.tui.source import InProcessRun
+    from tuitrain.engine.system import SystemSampler
+
+    ended: list[Any] = []  # the RunEnded event, printed to the shell once the dashboard is gone
+    trainer = run.start(relay, boundary=True,  # the grids are for live viewers: headless skips them
+                        listeners=[lambda e: ended.append(e) if type(e).__name__ == "RunEnded" else None])
+    if isinstance(trainer, int):
+        return trainer
+    source = InProcessRun(trainer)
+    app = TuitrainApp(source, sampler=SystemSampler())
+
+    def finalize(code: int) -> int:
+        """Close the control socket; after a detach (d, or SIGHUP with --on-hangup detach) resume in the background."""
+        return run.finish(code, detach=source.detached or relay.detach_requested,
+                          to_terminal=not relay.detach_requested)
+
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    returned = threading.Event()
+    ttys = _terminal_fds()
+
+    def status() -> int:
+        return finalize(app.exit_code if app.exit_code is not None else 128 + int(relay.received or 0))
+
+    threading.Thread(target=_exit_watchdog,
+                     args=(lambda: app.exit_code is not None or relay.received is not None,
+                           source.done.is_set, returned, status, ttys),
+                     name="tuitrain-exit-watchdog", daemon=True).start()
+    threading.Thread(target=_watch_terminal, args=(relay.terminal_lost, returned, ttys),
+                     name="tuitrain-terminal-watch", daemon=True).start()
+    try:
+        app.run()
+    finally:
+        returned.set()
+        app.sampler.stop()
+        if not source.done.is_set():
+            # The app ended without the run ending (an error, or a lost terminal): stop it so that it saves.
+            trainer.commands.put(Stop(reason="the dashboard closed"))
+            source.done.wait(timeout=RUN_EXIT_TIMEOUT)
+    _print_final(ended[-1] if ended else None, trainer.preset.metric_name, relay.received == HANGUP)
+    if app.exit_code is not None:
+        return finalize(app.exit_code)
+    if relay.received is not None:
+        return finalize(128 + relay.received)
+    return finalize(source.exit_status(app.state))
+
