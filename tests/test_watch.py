@@ -333,7 +333,7 @@ def test_watch_progress_shows_the_runs_step_in_its_epoch_across_reads(tmp_path: 
 def test_the_system_panel_of_a_watcher_reports_the_runs_memory_not_its_own(tmp_path: Path) -> None:
     import psutil
 
-    from tuitrain.engine.system import SystemSampler
+    from tuitrain.tui.system import SystemSampler
     from tuitrain.tui.watch import live_pid
 
     child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(64 << 20); sys.stdin.read()"],

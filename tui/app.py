@@ -24,10 +24,10 @@ from textual.widgets import Footer, Static
 from textual.worker import Worker, WorkerState
 
 from tuitrain.engine.commands import SaveCheckpoint, SetLR, Stop, TogglePause
-from tuitrain.engine.system import SystemSampler
 from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog
 from tuitrain.tui.state import DashboardState, LogLine
+from tuitrain.tui.system import SystemSampler
 from tuitrain.tui.widgets.boundary_panel import BoundaryPanel
 from tuitrain.tui.widgets.event_log import EventLog
 from tuitrain.tui.widgets.grad_norm_plot import GradNormPlot

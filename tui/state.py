@@ -13,7 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from tuitrain.engine import events as ev
-from tuitrain.engine.history import EpochSeries, Marks, Series
+from tuitrain.tui.history import EpochSeries, Marks, Series
 
 STATUS_WORDS = {
     "finished": "FINISHED",

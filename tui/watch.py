@@ -21,11 +21,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from tuitrain.engine.commands import Stop
-from tuitrain.engine.system import SystemSampler
 from tuitrain.tui.app import STEERING, TuitrainApp
 from tuitrain.tui.remote_run import RemoteRun
 from tuitrain.tui.screens.help_screen import KEYS, HelpScreen
 from tuitrain.tui.state import DashboardState
+from tuitrain.tui.system import SystemSampler
 
 EXIT_OK, EXIT_USAGE = 0, 2
 

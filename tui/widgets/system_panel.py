@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from tuitrain.engine.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts
+from tuitrain.tui.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts
 from tuitrain.tui.widgets.text_panel import TextPanel
 
 

@@ -9,7 +9,10 @@ as "N/A"), never an exception. Every pynvml call is wrapped once, in `Nvml`;
 without a driver (or without pynvml) the snapshot has no GPUs and `gpu_note`
 says why in words.
 
-PyTorch, psutil and the standard library only: no textual, no rich.
+The viewer's sampler (the engine never samples the machine for a screen).
+psutil and the standard library only: no textual, no rich, and never an
+import of torch, which a viewer does not load; torch's CUDA memory is read
+only when torch is already in this process (a dashboard in the run's process).
 """
 
 from __future__ import annotations
