@@ -9,8 +9,8 @@ reads it and then follows it. The socket carries only
   at the next step boundary and answered by events in metrics.jsonl exactly as
   hotkeys in the run's own dashboard), and
 - the LIVE-ONLY events, the ones that never reach metrics.jsonl
-  (SchedulePreview, BoundaryGrid frames taken mid-epoch), so a watcher can
-  show them too.
+  (SchedulePreview, BoundaryGrid frames taken mid-epoch, ProcessStats: the
+  run's RSS and CUDA memory), so a watcher can show them too.
 
 So a watcher can never slow the run: the engine writes the file anyway, the
 trainer thread only appends the few live-only events per second to one
@@ -103,7 +103,7 @@ from typing import Any
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause, clean_text)
 from . import workers
-from .events import BoundaryGrid, Event, SchedulePreview
+from .events import BoundaryGrid, Event, ProcessStats, SchedulePreview
 
 PROTOCOL = "tuitrain-control"
 VERSION = 1
@@ -124,7 +124,7 @@ SOCKET_PATH_LIMIT = 107 if sys.platform.startswith("linux") else 103
 
 #: Event types that never reach metrics.jsonl (their records() is always empty).
 #: BoundaryGrid is live-only when epoch_end is False; it is checked apart.
-LIVE_ONLY_TYPES: frozenset[type] = frozenset({SchedulePreview})
+LIVE_ONLY_TYPES: frozenset[type] = frozenset({SchedulePreview, ProcessStats})
 
 NOT_OWNER = "not the run's owner"
 

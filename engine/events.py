@@ -305,6 +305,27 @@ class BoundaryGrid(Event):
 
 
 @dataclass(frozen=True)
+class ProcessStats(Event):
+    """The run's own process, sampled at most once a second (engine/resources.py); live-only.
+
+    What a watcher elsewhere cannot read for itself: the run's resident memory
+    and what torch's caching allocator holds on each CUDA device the run uses.
+    Not on disk (a viewer shows the newest; history of it is no record).
+    """
+
+    name: ClassVar[str] = "process"
+    pid: int
+    rss_bytes: int | None
+    """Resident set size in bytes; None if it could not be read."""
+    cuda: list[dict[str, int | None]] = field(default_factory=list)
+    """Per CUDA device used: {"device", "allocated_bytes", "reserved_bytes", "peak_bytes"} (a value
+    that could not be read is None); empty without CUDA (or before the run initialized it)."""
+
+    def records(self) -> list[str]:
+        return []  # live-only: the control socket carries it; metrics.jsonl never holds it
+
+
+@dataclass(frozen=True)
 class LayerStats(Event):
     """Health of each parameter tensor at one step, taken at the log interval.
 

@@ -234,9 +234,9 @@ class TuitrainApp(App[int]):
             lines = state.take_log()
             if lines:
                 self.query_one(EventLog).add(lines)
-            if snapshot is not self._snapshot:
+            if snapshot is not self._snapshot or "process" in dirty:
                 self._snapshot = snapshot
-                self.query_one(SystemPanel).show(snapshot)
+                self.query_one(SystemPanel).show(snapshot, state.process)
             if "hint" in dirty:
                 self.query_one(HintBar).show(state.hint)
             if "boundary-ready" in dirty:
