@@ -234,13 +234,20 @@ class Stopped(Event):
     reason: str
 
 
+END_STATUSES: tuple[str, ...] = ("finished", "stopped", "early_stopped", "interrupted", "failed")
+"""How a run ends: RunEnded.status and summary.json's "status" (the one list; viewers use it too)."""
+RUN_STATUSES: tuple[str, ...] = ("live", *END_STATUSES, "died", "unknown")
+"""What engine/rundir.py run_state() says of a run directory: live, how it ended, 'died' (its
+process is gone without a summary) or 'unknown' (nothing tells)."""
+
+
 @dataclass(frozen=True)
 class RunEnded(Event):
     """The last event of a run; `status` matches summary.json."""
 
     name: ClassVar[str] = "ended"
     status: str
-    """'finished', 'stopped', 'early_stopped', 'interrupted' or 'failed'."""
+    """One of END_STATUSES; a viewer's own end for a run that died: 'died'."""
     summary: dict[str, Any]
 
 

@@ -25,8 +25,7 @@ from cli_helpers import cli_env, in_process, tuitrain
 from conftest import wait_until
 from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
                                step_records, until, wait_event)
-from tuitrain.engine.control import pid_alive, read_pid
-from tuitrain.engine.rundir import step_losses
+from tuitrain.engine.rundir import pid_alive, read_pid, step_losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Unix sockets, SO_PEERCRED")]
 

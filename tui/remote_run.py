@@ -31,6 +31,8 @@ from typing import Any
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import Command
+from tuitrain.engine.events import END_STATUSES
+from tuitrain.engine.rundir import read_json
 from tuitrain.tui.state import LogLine
 
 #: Seconds between looks at the file and the socket once the history is read (the UI drains at 4 Hz).
@@ -44,8 +46,6 @@ END_GRACE = 3.0
 FIRST_FRAME_WAIT = 2.0
 #: How often a run we cannot reach by socket is checked for a dead process.
 STATE_INTERVAL = 1.0
-
-END_STATUSES = ("finished", "stopped", "early_stopped", "interrupted", "failed")
 
 
 class _Inbox:
@@ -144,7 +144,8 @@ class RemoteRun:
                 client.close()
 
     def _connect(self) -> None:
-        from tuitrain.engine.control import ControlClient, ControlError, NotOwner, run_state
+        from tuitrain.engine.control import ControlClient, ControlError, NotOwner
+        from tuitrain.engine.rundir import run_state
 
         self.state = run_state(self.run_dir)
         if self.state != "live":
@@ -212,7 +213,7 @@ class RemoteRun:
 
     def _gone(self, quiet: float) -> bool:
         """The run is not live and the file says nothing more: end the replay (True) or keep following."""
-        from tuitrain.engine.control import run_state
+        from tuitrain.engine.rundir import run_state
 
         state = run_state(self.run_dir)
         if state == "live":
@@ -221,7 +222,7 @@ class RemoteRun:
             return False  # no socket, no pid, no summary: an older run still writing, perhaps
         if self.state == "live" and quiet < END_GRACE:
             return False  # the run just ended: give its last records a moment to reach the file
-        summary = _read_json(self.run_dir / "summary.json")
+        summary = read_json(self.run_dir / "summary.json")
         if state in END_STATUSES and isinstance(summary, dict):
             self.note("info", f"the run ended ({state}) without its final record in metrics.jsonl; "
                               "showing its summary")
@@ -336,11 +337,3 @@ def _decode(records: list[dict[str, Any]]) -> list[ev.Event]:
 
     return events_from_records(records)
 
-
-def _read_json(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
