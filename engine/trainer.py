@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import schedules, workers
 from .batching import Batches, check_data, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
-                       TogglePause)
+                       TogglePause, check_lr)
 from .config import ConfigError, RunConfig, available_cpus
 from .devices import device_name, resolve_device
 from .boundary import BoundaryProbe, boundary_inputs
@@ -979,9 +979,10 @@ class Trainer:
 
     def _set_lr(self, lr: Any) -> None:
         now = self._now()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            self.emit(CommandRejected(self.step, now, command="set_lr",
-                                      reason=f"the learning rate must be a positive finite number, got {lr!r}"))
+        try:
+            lr = check_lr(lr)  # the dialog's rule too (engine/commands.py)
+        except ValueError as exc:
+            self.emit(CommandRejected(self.step, now, command="set_lr", reason=str(exc)))
             return
         sched_lr = schedules.scheduled_lr(self.optimizer)
         if sched_lr <= 0:
