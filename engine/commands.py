@@ -85,9 +85,36 @@ def clean_text(text: object, limit: int = 200) -> str:
     return out if len(out) <= limit else out[:limit - 1] + "\u2026"
 
 
-def _valid_lr(lr: object) -> bool:
-    return (not isinstance(lr, bool) and isinstance(lr, (int, float)) and math.isfinite(lr)
-            and lr > 0)
+LR_RULE = "the learning rate must be a positive finite number"
+"""The one error text for a bad LR, wherever it is refused (the `l` dialog, the engine's rejected event)."""
+
+
+def check_lr(lr: object) -> float:
+    """The one rule for a learning rate, as a float: a real number (not a bool), finite, above zero.
+
+    The dialog, the control socket's commands and the engine all ask this, so
+    a value one of them accepts the others accept too. ValueError (LR_RULE,
+    then what came) otherwise; an integer too big for a float is refused,
+    never an OverflowError.
+    """
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f"{LR_RULE}, got {clean_text(repr(lr), 40)}")
+    try:
+        value = float(lr)
+    except OverflowError:
+        raise ValueError(f"{LR_RULE}, got an integer of {len(str(abs(lr)))} digits") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{LR_RULE}, got {value:g}")
+    return value
+
+
+def valid_lr(lr: object) -> bool:
+    """check_lr without the message."""
+    try:
+        check_lr(lr)
+    except ValueError:
+        return False
+    return True
 
 
 class CommandQueue:
@@ -129,9 +156,9 @@ class CommandQueue:
             return self._drop(command, "the run is already stopping")
         if isinstance(command, (SaveCheckpoint, Evaluate)) and any(type(c) is type(command) for c, _ in self._items):
             return self._drop(command, f"a {command.name} is already waiting for the next step")
-        if isinstance(command, SetLR) and _valid_lr(command.lr):
+        if isinstance(command, SetLR) and valid_lr(command.lr):
             for i, (waiting, owner) in enumerate(self._items):
-                if isinstance(waiting, SetLR) and _valid_lr(waiting.lr):
+                if isinstance(waiting, SetLR) and valid_lr(waiting.lr):
                     self._items[i] = (command, source)  # the newest value, in the older one's place
                     self._count(owner, -1)
                     self._count(source, +1)

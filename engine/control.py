@@ -9,8 +9,8 @@ reads it and then follows it. The socket carries only
   at the next step boundary and answered by events in metrics.jsonl exactly as
   hotkeys in the run's own dashboard), and
 - the LIVE-ONLY events, the ones that never reach metrics.jsonl
-  (SchedulePreview, BoundaryGrid frames taken mid-epoch), so a watcher can
-  show them too.
+  (SchedulePreview, BoundaryGrid frames taken mid-epoch, ProcessStats: the
+  run's RSS and CUDA memory), so a watcher can show them too.
 
 So a watcher can never slow the run: the engine writes the file anyway, the
 trainer thread only appends the few live-only events per second to one
@@ -71,7 +71,7 @@ control.sock  the socket while the run serves; removed by close(). When
 run.pid       JSON {"pid", "started" (unix time), "host", "argv", "proc_start" (the process's
               start time in clock ticks, Linux; with the pid it names the process for good)}, written
               atomically by start() and LEFT IN PLACE by close(): it records
-              which process ran the directory. run_state() combines it with
+              which process ran the directory. run_state() (engine/rundir.py) combines it with
               summary.json and the socket to tell live / finished / died: a
               socket answered while that process is gone (an orphaned DataLoader
               worker) is not a live run.
@@ -103,12 +103,12 @@ from typing import Any
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause, clean_text)
 from . import workers
-from .events import BoundaryGrid, Event, SchedulePreview
+from .events import BoundaryGrid, Event, ProcessStats, SchedulePreview
+from .rundir import PID_NAME, pid_alive, process_start, read_pid, run_process_alive, run_state  # noqa: F401
 
 PROTOCOL = "tuitrain-control"
 VERSION = 1
 SOCKET_NAME = "control.sock"
-PID_NAME = "run.pid"
 
 MAX_LINE = 64 * 1024
 """A client line longer than this (bytes, without the newline) is an error and drops the client."""
@@ -124,7 +124,7 @@ SOCKET_PATH_LIMIT = 107 if sys.platform.startswith("linux") else 103
 
 #: Event types that never reach metrics.jsonl (their records() is always empty).
 #: BoundaryGrid is live-only when epoch_end is False; it is checked apart.
-LIVE_ONLY_TYPES: frozenset[type] = frozenset({SchedulePreview})
+LIVE_ONLY_TYPES: frozenset[type] = frozenset({SchedulePreview, ProcessStats})
 
 NOT_OWNER = "not the run's owner"
 
@@ -271,7 +271,7 @@ def _connect(address: str, timeout: float) -> socket.socket:
         raise
 
 
-def _probe(run_dir: str | os.PathLike[str], timeout: float = 0.5) -> str:
+def probe_socket(run_dir: str | os.PathLike[str], timeout: float = 0.5) -> str:
     """'absent' (no socket file), 'live' (someone accepts), 'stale' (refused / gone), 'denied'."""
     address = socket_address(run_dir)
     if address is None:
@@ -290,68 +290,7 @@ def _probe(run_dir: str | os.PathLike[str], timeout: float = 0.5) -> str:
     return "live"
 
 
-# -- run.pid and run_state ----------------------------------------------------------------
-
-def read_pid(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """run.pid as a dict (pid is an int), None if missing or unreadable."""
-    try:
-        data = json.loads(Path(run_dir, PID_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or isinstance(data.get("pid"), bool) or not isinstance(data.get("pid"), int):
-        return None
-    return data
-
-
-def pid_alive(pid: int) -> bool:
-    """os.kill(pid, 0): True if a process with that pid exists (EPERM counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def process_start(pid: int) -> int | None:
-    """When process `pid` started, in clock ticks since boot (Linux /proc), None where unknown.
-
-    With the pid it names one process for good: a pid reused by another process has
-    another start time.
-    """
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as f:
-            stat_line = f.read()
-        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def run_process_alive(info: dict[str, Any] | None) -> bool | None:
-    """Is the process that run.pid records still running? None when this machine cannot tell.
-
-    True only for the same pid AND the same start time (when run.pid recorded one): an
-    orphaned DataLoader worker or a process that reused the pid is not the run.
-    """
-    if info is None:
-        return None
-    if info.get("host") not in (None, socket.gethostname()):
-        return None  # another machine's pid (a shared file system) cannot be checked here
-    pid = info["pid"]
-    if not pid_alive(pid):
-        return False
-    recorded = info.get("proc_start")
-    if isinstance(recorded, int) and not isinstance(recorded, bool):
-        now = process_start(pid)
-        if now is not None and now != recorded:
-            return False
-    return True
-
+# -- run.pid (read side and run_state: engine/rundir.py) ---------------------------------------
 
 def _write_pid(run_dir: Path) -> None:
     data = {"pid": os.getpid(), "started": round(time.time(), 3), "host": socket.gethostname(),
@@ -370,43 +309,6 @@ def _write_pid(run_dir: Path) -> None:
         except OSError:
             pass
         raise
-
-
-def run_state(run_dir: str | os.PathLike[str]) -> str:
-    """What a run directory holds now.
-
-    'live'       the control socket accepts connections and run.pid's process (pid and start
-                 time) is alive, or run.pid cannot tell (checked first: a resumed run in a
-                 directory with an earlier summary.json is live). A socket that answers while
-                 run.pid's process is gone is held by an orphan (a DataLoader worker): not live;
-    'finished', 'stopped', 'early_stopped', 'failed', 'interrupted'
-                 summary.json's status (ignored when older than run.pid's start time, i.e. left
-                 by an earlier session of a resumed run);
-    'died'       no (current) summary, and run.pid's process is gone (or, where that cannot be
-                 checked, the socket is stale);
-    'unknown'    no summary and no run.pid (an older run, or one that never started), or a pid on
-                 another host / a live process that does not serve.
-    """
-    path = Path(run_dir)
-    probe = _probe(path)
-    info = read_pid(path)
-    alive = run_process_alive(info)
-    if probe == "live" and alive is not False:
-        return "live"
-    try:
-        summary_path = path / "summary.json"
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        status = summary.get("status") if isinstance(summary, dict) else None
-        stale_summary = info is not None and summary_path.stat().st_mtime < float(info.get("started", 0)) - 1.0
-    except (OSError, ValueError, TypeError):
-        status, stale_summary = None, False
-    if isinstance(status, str) and status and not stale_summary:
-        return status
-    if info is None:
-        return "unknown"
-    if alive is None:
-        return "died" if probe == "stale" else "unknown"
-    return "unknown" if alive else "died"
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -488,7 +390,7 @@ class ControlServer:
         if self._thread is not None:
             raise ControlError("the control server is already started")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        state = _probe(self.run_dir)
+        state = probe_socket(self.run_dir)
         info = read_pid(self.run_dir)
         if state == "live" and run_process_alive(info) is False:
             state = "stale"  # answered by an orphan of a dead run (a DataLoader worker): not a run

@@ -234,13 +234,20 @@ class Stopped(Event):
     reason: str
 
 
+END_STATUSES: tuple[str, ...] = ("finished", "stopped", "early_stopped", "interrupted", "failed")
+"""How a run ends: RunEnded.status and summary.json's "status" (the one list; viewers use it too)."""
+RUN_STATUSES: tuple[str, ...] = ("live", *END_STATUSES, "died", "unknown")
+"""What engine/rundir.py run_state() says of a run directory: live, how it ended, 'died' (its
+process is gone without a summary) or 'unknown' (nothing tells)."""
+
+
 @dataclass(frozen=True)
 class RunEnded(Event):
     """The last event of a run; `status` matches summary.json."""
 
     name: ClassVar[str] = "ended"
     status: str
-    """'finished', 'stopped', 'early_stopped', 'interrupted' or 'failed'."""
+    """One of END_STATUSES; a viewer's own end for a run that died: 'died'."""
     summary: dict[str, Any]
 
 
@@ -302,6 +309,27 @@ class BoundaryGrid(Event):
 
     def records(self) -> list[str]:
         return [self.to_json()] if self.epoch_end else []
+
+
+@dataclass(frozen=True)
+class ProcessStats(Event):
+    """The run's own process, sampled at most once a second (engine/resources.py); live-only.
+
+    What a watcher elsewhere cannot read for itself: the run's resident memory
+    and what torch's caching allocator holds on each CUDA device the run uses.
+    Not on disk (a viewer shows the newest; history of it is no record).
+    """
+
+    name: ClassVar[str] = "process"
+    pid: int
+    rss_bytes: int | None
+    """Resident set size in bytes; None if it could not be read."""
+    cuda: list[dict[str, int | None]] = field(default_factory=list)
+    """Per CUDA device used: {"device", "allocated_bytes", "reserved_bytes", "peak_bytes"} (a value
+    that could not be read is None); empty without CUDA (or before the run initialized it)."""
+
+    def records(self) -> list[str]:
+        return []  # live-only: the control socket carries it; metrics.jsonl never holds it
 
 
 @dataclass(frozen=True)

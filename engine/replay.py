@@ -5,13 +5,13 @@ metrics.jsonl is the source of truth for everything a run persists (DESIGN.md).
 emitted, so `DashboardState.apply_all(events_from_records(records))` rebuilds
 what a live viewer saw (without the live-only events: the schedule preview and
 mid-epoch boundary frames, which `tuitrain watch` gets from the control
-socket). `MetricsFollower` tails the file: each read costs what was appended
-since the last one. A watcher should use `MetricsFollower.read_events()`: it
-decodes with the follower's own `RecordDecoder` (state such as the batch size
-and the time of the last flush carries over from one read to the next) and
-parses step lines on a fast path, without a dict per line (a 1,000,000-step,
-130 MB file: about 2 s of CPU on a slow shared core, against about 3.3 s via
-`events_from_records(read_new())`). Lines that are not exactly as
+socket). `MetricsFollower` is the one follower of the file: each read costs
+what was appended since the last one (bounded by its chunk), and it decodes
+with its own `RecordDecoder` (state such as the batch size and the time of the
+last flush carries over from one read to the next), parsing step lines on a
+fast path, without a dict per line (a 1,000,000-step, 130 MB file: about 2 s
+of CPU on a slow shared core, against about 3.3 s via
+`events_from_records(read_metrics(...))`). Lines that are not exactly as
 StepStats.records() writes them fall back to the JSON path.
 
 Decoding rules
@@ -376,7 +376,7 @@ def _nan_for_none(values: list[Any]) -> list[Any]:
 def events_from_records(records: Iterable[dict[str, Any]]) -> list[ev.Event]:
     """The engine events behind metrics.jsonl records (see the module docstring), in order.
 
-    Stateless: for a file that grows, keep one RecordDecoder (or use MetricsFollower.read_events),
+    Stateless: for a file that grows, use one MetricsFollower (its RecordDecoder keeps the state),
     so that steps/s and the batch size carry over from one piece to the next.
     """
     return RecordDecoder().decode(records)
@@ -421,7 +421,7 @@ MAX_RECORD = 8 << 20
 class LineReader:
     """Complete lines of a growing file, from a byte offset on, in bounded pieces.
 
-    One reader for both followers. Each byte is read once (a line split over chunks
+    The follower's line source. Each byte is read once (a line split over chunks
     is joined once, when its newline arrives), so a region without newlines costs
     linear time, and a line longer than `max_line` is skipped as it is scanned,
     never held whole: `skipped` counts those, `skipped_at` is where the first began.
@@ -460,8 +460,12 @@ class LineReader:
             f.seek(self.offset + self._scan)
             pieces: list[bytes] = []  # the start of a line longer than a chunk, joined when it ends
             taken = 0
+            yielded = False
             while True:
-                if budget is not None and taken >= budget and not pieces:
+                # At the budget, stop; a partial line after what was handed out is read again next
+                # time, from its start (the offset). Only a line begun at the offset and longer than
+                # the budget is read on to its end (at most max_line), or no call would get past it.
+                if budget is not None and taken >= budget and (not pieces or yielded):
                     self.behind = f.tell() < st.st_size
                     break
                 data = f.read(chunk)
@@ -491,6 +495,7 @@ class LineReader:
                 if rest:
                     pieces.append(rest)
                 yield start, block
+                yielded = True
                 if pieces and len(pieces[0]) > self.max_line:
                     self._skip(len(pieces[0]))
                     pieces = []
@@ -506,22 +511,25 @@ class LineReader:
 
 
 class MetricsFollower:
-    """Tails metrics.jsonl incrementally.
+    """The one follower of metrics.jsonl: a bounded piece of the file per call, decoded into events.
 
-    Keeps the byte offset just past the last complete line; a partial last line
-    stays in the file and is read again once it is completed (so a resumed run
-    that cuts a torn line and appends is followed correctly). Survives the file
-    not existing yet; starts over from the top if the file is replaced or
-    shrinks below the offset. A line over MAX_RECORD bytes is skipped (LineReader).
-
-    `read_new()` gives records (dicts); `read_events()` gives engine events, decoded
-    by the follower's own RecordDecoder (fast: no dict per step line). Both
-    advance the same offset: use one or the other on a follower.
+    Every reader uses it: load_history (the whole file at once), `tuitrain watch`
+    (RemoteRun: `chunk` bytes a call, so the first frame of a million-step run
+    comes at once and the watcher stays responsive) and the tests. The lines come
+    from a LineReader (a partial last line is read again once completed, a
+    replaced or shrunk file starts over, a line over `max_line` is skipped as it
+    is scanned); the events from one RecordDecoder kept for the follower's life,
+    which carries what a piece alone cannot know: the batch size and steps per
+    epoch (from RunStarted) and the time of the previous flush, so steps/s and
+    samples/s are right even when a read holds a single flush.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.lines = LineReader(path)
+    def __init__(self, path: str | os.PathLike[str], chunk: int | None = None, *,
+                 max_line: int | None = None) -> None:
+        """`chunk`: about how many bytes one read_events() call reads (None: to the end of the file)."""
+        self.lines = LineReader(path, max_line)
         self.decoder = RecordDecoder()
+        self.chunk = chunk
 
     @property
     def path(self) -> Path:
@@ -529,38 +537,52 @@ class MetricsFollower:
 
     @property
     def offset(self) -> int:
+        """Just past the last complete line read (or skipped)."""
         return self.lines.offset
 
-    def read_new(self) -> list[dict[str, Any]]:
-        """All complete records appended since the last call (cost proportional to the new bytes)."""
-        out: list[dict[str, Any]] = []
-        for chunk in self._chunks():
-            out.extend(parse_lines(chunk))
-        return out
+    @property
+    def behind(self) -> bool:
+        """The last read stopped at its chunk with more of the file waiting: read again without sleeping."""
+        return self.lines.behind
+
+    @property
+    def skipped(self) -> int:
+        """Over-long lines skipped so far (no record tuitrain writes)."""
+        return self.lines.skipped
+
+    @property
+    def skipped_at(self) -> int | None:
+        """The byte offset where the first skipped line began."""
+        return self.lines.skipped_at
+
+    @property
+    def max_line(self) -> int:
+        return self.lines.max_line
 
     def read_events(self, *, steps_from: int = 0) -> list[ev.Event]:
-        """The engine events for everything appended since the last call.
+        """The engine events for what was appended since the last call (at most about `chunk` bytes).
+
+        While `behind`, the step records at the end of the piece wait for the next call,
+        which continues their flush (a flush cut in two would read as two slower ones).
 
         `steps_from`: a byte offset in the file before which step records are skipped
         (the other records are all decoded); see load_history(max_step_records=...).
         """
         out: list[ev.Event] = []
         decode = self.decoder.decode_bytes
-        for start, chunk in self._chunks(with_offsets=True):
-            if start + len(chunk) <= steps_from:
-                out += decode(chunk, steps=False, final=False)
+        piece = self.chunk if self.chunk is not None else CHUNK
+        for start, block in self.lines.read(piece, budget=self.chunk):
+            if start + len(block) <= steps_from:
+                out += decode(block, steps=False, final=False)
             elif start < steps_from:
                 cut = steps_from - start
-                out += decode(chunk[:cut], steps=False, final=False)
-                out += decode(chunk[cut:], final=False)
+                out += decode(block[:cut], steps=False, final=False)
+                out += decode(block[cut:], final=False)
             else:
-                out += decode(chunk, final=False)
+                out += decode(block, final=False)
+        if self.behind:
+            return out  # the last flush may go on in the next piece: one StepStats, with its real steps/s
         return out + self.decoder.finish()
-
-    def _chunks(self, with_offsets: bool = False) -> Iterator[Any]:
-        """Complete lines from the offset on, CHUNK bytes or so at a time; advances the offset."""
-        for start, block in self.lines.read(CHUNK):
-            yield (start, block) if with_offsets else block
 
 
 def load_history(run_dir: str | os.PathLike[str], max_step_records: int | None = None) -> list[ev.Event]:

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import socket
 import stat
 import threading
 import time
@@ -45,6 +46,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "history.json", "summary.json", "er
              "output.log", "run.lock")
 CHECKPOINT_FILES = ("latest.pt", "best.pt")
 LOCK_NAME = "run.lock"
+PID_NAME = "run.pid"
+#: The most of a small run file (summary.json, config.json, run.pid) read_json reads.
+JSON_LIMIT = 1 << 20
 #: What may be in a folder a new run goes into: what starting a run there leaves before it writes
 #: anything of its own (its lock, `--detach`'s log, the empty checkpoints/ folder).
 _FRESH = {LOCK_NAME, "output.log", "checkpoints"}
@@ -315,12 +319,6 @@ class RunDir:
 
         atomic_write_bytes(self.path / name, lambda f: f.write(self.json_bytes(data)))
 
-    def read_json(self, name: str, default: Any = None) -> Any:
-        try:
-            return json.loads((self.path / name).read_text())
-        except (OSError, ValueError):
-            return default
-
     def write_error(self, text: str) -> None:
         from .checkpoint import atomic_write_text
 
@@ -471,3 +469,120 @@ def exit_status(status: str, signal: int | None = None) -> int:
     if status == "interrupted" and signal:
         return 128 + int(signal)
     return 1 if status in ("failed", "died") else 0
+# -- reading a run directory from outside: small JSON files, run.pid, the run's state --------------
+
+def read_json(path: str | os.PathLike[str]) -> Any | None:
+    """A small run file (summary.json, config.json, run.pid) as JSON; None when it is missing,
+    unreadable, not a regular file (a link or a FIFO is not opened), over JSON_LIMIT or not JSON.
+
+    The one reader for them: viewers ask about runs that may be half written, killed or
+    someone else's, and every answer short of valid JSON means "not known".
+    """
+    try:
+        with open_run_file(path) as f:
+            data = f.read(JSON_LIMIT + 1)
+    except OSError:
+        return None
+    if len(data) > JSON_LIMIT:
+        return None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def read_pid(run_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """run.pid as a dict (pid is an int), None if missing or unreadable."""
+    data = read_json(Path(run_dir, PID_NAME))
+    if not isinstance(data, dict) or isinstance(data.get("pid"), bool) or not isinstance(data.get("pid"), int):
+        return None
+    return data
+
+
+def pid_alive(pid: int) -> bool:
+    """os.kill(pid, 0): True if a process with that pid exists (EPERM counts as alive)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux /proc), None where unknown.
+
+    With the pid it names one process for good: a pid reused by another process has
+    another start time.
+    """
+    try:
+        with open(f"/proc/{int(pid)}/stat", "rb") as f:
+            stat_line = f.read()
+        return int(stat_line[stat_line.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_process_alive(info: dict[str, Any] | None) -> bool | None:
+    """Is the process that run.pid records still running? None when this machine cannot tell.
+
+    True only for the same pid AND the same start time (when run.pid recorded one): an
+    orphaned DataLoader worker or a process that reused the pid is not the run.
+    """
+    if info is None:
+        return None
+    if info.get("host") not in (None, socket.gethostname()):
+        return None  # another machine's pid (a shared file system) cannot be checked here
+    pid = info["pid"]
+    if not pid_alive(pid):
+        return False
+    recorded = info.get("proc_start")
+    if isinstance(recorded, int) and not isinstance(recorded, bool):
+        now = process_start(pid)
+        if now is not None and now != recorded:
+            return False
+    return True
+
+
+def run_state(run_dir: str | os.PathLike[str]) -> str:
+    """What a run directory holds now.
+
+    'live'       the control socket accepts connections and run.pid's process (pid and start
+                 time) is alive, or run.pid cannot tell (checked first: a resumed run in a
+                 directory with an earlier summary.json is live). A socket that answers while
+                 run.pid's process is gone is held by an orphan (a DataLoader worker): not live;
+    'finished', 'stopped', 'early_stopped', 'interrupted', 'failed' (events.END_STATUSES)
+                 summary.json's status (ignored when older than run.pid's start time, i.e. left
+                 by an earlier session of a resumed run);
+    'died'       no (current) summary, and run.pid's process is gone (or, where that cannot be
+                 checked, the socket is stale);
+    'unknown'    no summary and no run.pid (an older run, or one that never started), or a pid on
+                 another host / a live process that does not serve.
+    """
+    from .control import probe_socket  # the socket's side of the question (control imports this module)
+
+    path = Path(run_dir)
+    probe = probe_socket(path)
+    info = read_pid(path)
+    alive = run_process_alive(info)
+    if probe == "live" and alive is not False:
+        return "live"
+    summary_path = path / "summary.json"
+    summary = read_json(summary_path)
+    status = summary.get("status") if isinstance(summary, dict) else None
+    try:
+        stale_summary = info is not None and summary_path.stat().st_mtime < float(info.get("started", 0)) - 1.0
+    except (OSError, ValueError, TypeError):
+        stale_summary = False
+    if isinstance(status, str) and status and not stale_summary:
+        return status
+    if info is None:
+        return "unknown"
+    if alive is None:
+        return "died" if probe == "stale" else "unknown"
+    return "unknown" if alive else "died"

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import schedules, workers
 from .batching import Batches, check_data, make_batches
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
-                       TogglePause)
+                       TogglePause, check_lr)
 from .config import ConfigError, RunConfig, available_cpus
 from .devices import device_name, resolve_device
 from .boundary import BoundaryProbe, boundary_inputs
@@ -33,6 +33,7 @@ from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointS
                      EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
                      RunEnded, RunFailed, RunStarted, Sample, SchedulePreview, StepStats, Stopped)
 from .layer_health import LayerHealth
+from .resources import ProcessProbe
 from .rundir import RunDir, read_history
 from .seeding import capture_rng, restore_rng, seed_everything
 
@@ -298,6 +299,7 @@ class Trainer:
         self._session_steps = 0
         self._session_samples = 0
         self._window = (time.perf_counter(), 0, 0)  # (time, steps, samples) at the last flush
+        self._process_probe = ProcessProbe()  # the run's RSS and CUDA memory, for viewers (<= 1/s)
         self._paused_total = 0.0
         self._paused_at: float | None = None
         if resume is not None:
@@ -879,7 +881,13 @@ class Trainer:
         self._collect_due = self._health is not None
         if frame and self._probe is not None and time.perf_counter() - self._boundary_at >= BOUNDARY_INTERVAL:
             self._emit_boundary(epoch_end=False)
+        self._emit_process_stats()
         self.rundir.flush()
+
+    def _emit_process_stats(self) -> None:
+        """At a flush, at most once a second: what only this process knows (RSS, CUDA memory), live-only."""
+        if self._process_probe.due():
+            self.emit(self._process_probe.sample(self.step, self._now()))
 
     def _non_finite(self, step: int, *, what: str) -> None:
         action = self.cfg.on_nan
@@ -971,9 +979,10 @@ class Trainer:
 
     def _set_lr(self, lr: Any) -> None:
         now = self._now()
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            self.emit(CommandRejected(self.step, now, command="set_lr",
-                                      reason=f"the learning rate must be a positive finite number, got {lr!r}"))
+        try:
+            lr = check_lr(lr)  # the dialog's rule too (engine/commands.py)
+        except ValueError as exc:
+            self.emit(CommandRejected(self.step, now, command="set_lr", reason=str(exc)))
             return
         sched_lr = schedules.scheduled_lr(self.optimizer)
         if sched_lr <= 0:
@@ -1021,6 +1030,7 @@ class Trainer:
                 if command is not None:
                     self._apply(command)
                 self._collect_saves()
+                self._emit_process_stats()  # the panel keeps showing the run's memory while paused
                 self.rundir.flush()
         finally:
             self._end_pause_clock()  # also when a stop ends the run while paused

@@ -24,9 +24,9 @@ from tuitrain.engine import events as ev
 from tuitrain.engine.commands import CommandQueue, Stop
 from tuitrain.engine.config import RunConfig
 from tuitrain.engine.rundir import read_metrics
-from tuitrain.engine.system import SystemSnapshot
 from tuitrain.engine.trainer import Trainer
 from tuitrain.presets.base import Preset
+from tuitrain.tui.system import SystemSnapshot
 
 SIZE = (120, 40)
 
@@ -43,7 +43,7 @@ def two_gpu_snapshot() -> SystemSnapshot:
     and fixed CPU/RAM readings (psutil's would change between runs)."""
     from test_system import FakeGpu, fake_pynvml
 
-    from tuitrain.engine.system import Nvml
+    from tuitrain.tui.system import Nvml
 
     nvml = Nvml(fake_pynvml([
         FakeGpu(name=b"NVIDIA Fake A100", util=87, used=30 * GIB, total=80 * GIB, temp=64,

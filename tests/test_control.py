@@ -25,10 +25,9 @@ import pytest
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import (CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                                       TogglePause)
-from tuitrain.engine.control import (MAX_LINE, PID_NAME, PROTOCOL, SOCKET_NAME, SOCKET_PATH_LIMIT, VERSION,
-                                     ControlClient, ControlError, ControlServer, NoRun, NotOwner,
-                                     ProtocolMismatch, StaleRun, pid_alive, read_pid, run_state)
-from tuitrain.engine.rundir import read_metrics
+from tuitrain.engine.control import (MAX_LINE, PROTOCOL, SOCKET_NAME, SOCKET_PATH_LIMIT, VERSION, ControlClient,
+                                     ControlError, ControlServer, NoRun, NotOwner, ProtocolMismatch, StaleRun)
+from tuitrain.engine.rundir import PID_NAME, pid_alive, read_metrics, read_pid, run_state
 
 from conftest import classifier_preset, make_cfg, start, wait_until
 

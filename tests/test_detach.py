@@ -19,8 +19,7 @@ import pytest
 from cli_helpers import CIRCLES_STEPS_PER_EPOCH, assert_usage_error, in_process
 from test_dashboard_tmux import START_DEADLINE, Tmux, script, wait_file
 from test_watch import kill, wait_for
-from tuitrain.engine.control import pid_alive, read_pid
-from tuitrain.engine.rundir import read_metrics, step_losses
+from tuitrain.engine.rundir import pid_alive, read_metrics, read_pid, step_losses
 from tuitrain.tui.detach import background_args
 
 BACKGROUND = 120.0

@@ -83,5 +83,5 @@ def test_event_names_are_unique():
     kinds = [c for c in vars(ev).values()
              if isinstance(c, type) and issubclass(c, ev.Event) and c is not ev.Event and c.record_kind == "event"]
     names = [c.name for c in kinds]
-    assert len(kinds) == 19 and len(set(names)) == len(names)
+    assert len(kinds) == 20 and len(set(names)) == len(names)
     assert ev.LRChanged.name == "lr_changed" and ev.CheckpointSaved.name == "checkpoint"

@@ -1,4 +1,5 @@
-"""The engine is importable without the TUI (no textual, rich or plotext in sys.modules)."""
+"""The engine is importable without the TUI (no textual, rich or plotext in sys.modules), and the
+viewer without torch (a watcher on a laptop needs no torch; only the run process loads it)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,35 @@ def test_the_check_would_catch_a_ui_import():
     assert proc.returncode != 0
     caught = proc.stderr.rsplit("caught: ", 1)[-1].split()
     assert "textual" in caught and "textual.app" in caught
+
+
+VIEWER_CHECK = textwrap.dedent("""
+    import importlib, pkgutil, sys
+    import tuitrain.tui
+    # headless.py is the run process's own reporter (it sits next to the Trainer), not a viewer.
+    IN_RUN_PROCESS = {"tuitrain.tui.headless"}
+    names = sorted(m.name for m in pkgutil.walk_packages(tuitrain.tui.__path__, "tuitrain.tui.")
+                   if m.name not in IN_RUN_PROCESS)
+    for required in ("tuitrain.tui.history", "tuitrain.tui.system", "tuitrain.tui.app",
+                     "tuitrain.tui.widgets.system_panel"):
+        assert required in names, (required, names)
+    for name in names:
+        importlib.import_module(name)
+        assert "torch" not in sys.modules, "torch imported by " + name
+    print("viewer modules:", len(names))
+""")
+
+
+def test_the_viewer_imports_without_torch():
+    proc = subprocess.run([sys.executable, "-c", VIEWER_CHECK], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "viewer modules:" in proc.stdout
+
+
+def test_engine_holds_no_viewer_modules():
+    """The plot series and the machine sampler live with the viewer that draws them."""
+    import pkgutil
+
+    import tuitrain.engine
+    names = {m.name for m in pkgutil.iter_modules(tuitrain.engine.__path__)}
+    assert not names & {"history", "system"}, names

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tuitrain.engine import replay
-from tuitrain.engine.replay import LineReader, load_history
-from tuitrain.tui.remote_run import ChunkedFollower, RemoteRun
+from tuitrain.engine.replay import LineReader, MetricsFollower, load_history
+from tuitrain.tui.remote_run import RemoteRun
 
 from conftest import wait_until
 
@@ -68,27 +68,27 @@ def test_a_line_longer_than_a_chunk_but_within_the_limit_is_read_whole(tmp_path:
     path = tmp_path / "metrics.jsonl"
     sample = {"kind": "event", "event": "sample", "step": 1, "t": 1.0, "epoch": 1, "text": "x" * 300_000}
     path.write_bytes(PAUSED + json.dumps(sample).encode() + b"\n" + RESUMED)
-    follower = ChunkedFollower(path, chunk=1 << 12)
+    follower = MetricsFollower(path, chunk=1 << 12)
     got = []
     while True:
-        got += follower.read_new()
+        got += follower.read_events()
         if not follower.behind:
             break
-    assert [r["event"] for r in got] == ["paused", "sample", "resumed"]
+    assert [e.name for e in got] == ["paused", "sample", "resumed"] and got[1].text == "x" * 300_000
 
 
 def test_each_watcher_read_is_bounded_by_its_chunk(tmp_path: Path):
     path = metrics_with_a_hole(tmp_path, 64 << 20)
-    follower = ChunkedFollower(path, chunk=1 << 20)
+    follower = MetricsFollower(path, chunk=1 << 20)
     calls, got = 0, []
     while True:
         t0 = time.perf_counter()
-        got += follower.read_new()
+        got += follower.read_events()
         calls += 1
         assert time.perf_counter() - t0 < 2.0
         if not follower.behind:
             break
-    assert [r["event"] for r in got] == ["paused", "resumed"] and calls >= 50  # 64 MiB, a chunk a call (the first MAX_RECORD at once)
+    assert [e.name for e in got] == ["paused", "resumed"] and calls >= 50  # 64 MiB, a chunk a call (the first MAX_RECORD at once)
 
 
 def test_load_history_holds_one_chunk_of_a_hole_not_the_hole(tmp_path: Path, monkeypatch):

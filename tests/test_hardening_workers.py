@@ -18,8 +18,8 @@ import pytest
 
 from tuitrain.engine import workers
 from tuitrain.engine.commands import CommandQueue, Pause
-from tuitrain.engine.control import (PID_NAME, SOCKET_NAME, ControlClient, ControlServer, _probe, process_start,
-                                     read_pid, run_state)
+from tuitrain.engine.control import SOCKET_NAME, ControlClient, ControlServer, probe_socket
+from tuitrain.engine.rundir import PID_NAME, process_start, read_pid, run_state
 
 from cli_helpers import Proc, cli_env, write_preset
 from conftest import wait_until
@@ -51,7 +51,7 @@ def test_a_socket_answered_for_a_dead_run_is_not_live(served, case):
         rewrite_pid(run_dir, pid=dead_pid())
     else:  # the pid now names another process: another start time
         rewrite_pid(run_dir, proc_start=process_start(os.getpid()) - 1)
-    assert _probe(run_dir) == "live"  # someone still accepts ...
+    assert probe_socket(run_dir) == "live"  # someone still accepts ...
     assert run_state(run_dir) == "died"  # ... but it is not the run
     (run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
     assert run_state(run_dir) == "finished"
@@ -152,7 +152,7 @@ def test_a_killed_run_with_a_stuck_worker_is_died_not_live(tmp_path: Path):
         proc.popen.send_signal(signal.SIGKILL)
         proc.popen.wait(30)
         assert os.path.exists(f"/proc/{worker}")  # the orphan lives on, stuck
-        assert _probe(run_dir) == "stale"  # it let go of the listening socket
+        assert probe_socket(run_dir) == "stale"  # it let go of the listening socket
         assert run_state(run_dir) == "died"
         links = [os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")]
         assert not [p for p in links if p.endswith("metrics.jsonl")]

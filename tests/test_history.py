@@ -1,4 +1,4 @@
-"""engine/history.py: bounded metric series, thinned to a plot's width.
+"""tui/history.py: bounded metric series, thinned to a plot's width.
 
 The oracle for `Series.thin` is the raw input: every column covers a run of
 consecutive points (first_step .. last_step), and its count, min, max and mean
@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tuitrain.engine import history
-from tuitrain.engine.history import EpochSeries, Marks, Series, ema
+from tuitrain.tui import history
+from tuitrain.tui.history import EpochSeries, Marks, Series, ema
 
 NAN, INF = math.nan, math.inf
 
@@ -402,7 +402,7 @@ def test_history_uses_only_the_standard_library():
             roots.add((node.module or "").split(".")[0])
     assert roots <= set(sys.stdlib_module_names) | {"__future__"}, roots
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys, tuitrain.engine.history; "
+        [sys.executable, "-c", "import sys, tuitrain.tui.history; "
          "bad = [m for m in ('torch', 'textual', 'rich') if m in sys.modules]; assert not bad, bad"],
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr

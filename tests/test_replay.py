@@ -108,7 +108,8 @@ def sample_events() -> list[ev.Event]:
 
 def test_every_event_round_trips_through_its_record():
     events = sample_events()
-    assert set(EVENT_TYPES) == {e.name for e in events} | {"schedule"}, "a new event type needs a sample here"
+    live_only = {"schedule", "process"}  # never on disk; the control socket carries them
+    assert set(EVENT_TYPES) == {e.name for e in events} | live_only, "a new event type needs a sample here"
     back = events_from_records(records_of(events))
     assert len(back) == len(events)
     for a, b in zip(events, back):
@@ -240,25 +241,26 @@ def test_a_real_run_replayed_into_the_dashboard_matches_the_live_one(tmp_path: P
 def test_follower_survives_a_missing_file_and_reads_only_complete_new_lines(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
     follower = MetricsFollower(path)
-    assert follower.read_new() == []
-    a, b, c = (ev.Paused(i, T0 + i).to_json() for i in range(3))
+    assert follower.read_events() == []
+    paused = [ev.Paused(i, T0 + i) for i in range(3)]
+    a, b, c = (e.to_json() for e in paused)
     path.write_text(a + "\n" + b[:10])  # a torn line at the end
-    assert follower.read_new() == [json.loads(a)]
-    assert follower.read_new() == []
+    assert follower.read_events() == [paused[0]]
+    assert follower.read_events() == []
     with open(path, "a") as f:
         f.write(b[10:])  # still no newline: still partial
-    assert follower.read_new() == []
+    assert follower.read_events() == []
     with open(path, "a") as f:
         f.write("\n" + c + "\n")
-    assert follower.read_new() == [json.loads(b), json.loads(c)]
-    assert follower.offset == path.stat().st_size
+    assert follower.read_events() == paused[1:]
+    assert follower.offset == path.stat().st_size and not follower.behind and follower.skipped == 0
 
 
 def test_follower_reads_only_new_bytes(tmp_path: Path, monkeypatch):
     path = tmp_path / "metrics.jsonl"
     write(path, lines_of([started(), stats(1, 50, T0 + 1)]))
     follower = MetricsFollower(path)
-    assert len(follower.read_new()) == 51
+    assert [type(e) for e in follower.read_events()] == [ev.RunStarted, ev.StepStats]
     sizes: list[int] = []
     real_open = open
 
@@ -276,7 +278,8 @@ def test_follower_reads_only_new_bytes(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(replay, "open", lambda p, m: Spy(real_open(p, m)), raising=False)
     write(path, lines_of([stats(51, 2, T0 + 2)]), mode="a")
-    assert [r["step"] for r in follower.read_new()] == [51, 52]
+    [more] = follower.read_events()
+    assert more.steps == [51, 52]
     assert sum(sizes) == len("".join(x + "\n" for x in lines_of([stats(51, 2, T0 + 2)])))
 
 
@@ -284,11 +287,11 @@ def test_follower_starts_over_when_the_file_is_replaced(tmp_path: Path):
     path = tmp_path / "metrics.jsonl"
     write(path, [ev.Paused(1, T0).to_json(), ev.Paused(2, T0).to_json()])
     follower = MetricsFollower(path)
-    assert len(follower.read_new()) == 2
+    assert len(follower.read_events()) == 2
     tmp = tmp_path / "new"
     write(tmp, [ev.Stopped(9, T0, reason="x").to_json()])
     os.replace(tmp, path)
-    assert [r["step"] for r in follower.read_new()] == [9]
+    assert follower.read_events() == [ev.Stopped(9, T0, reason="x")]
 
 
 def test_read_events_follows_a_growing_run_and_keeps_its_state(tmp_path: Path):
@@ -334,6 +337,31 @@ def test_reading_in_small_chunks_gives_the_same_events(tmp_path: Path, monkeypat
     monkeypatch.setattr(replay, "CHUNK", 97)
     pieces = MetricsFollower(path).read_events()
     assert same(whole, pieces) and len(pieces) == 12
+
+
+def test_a_follower_with_a_chunk_reads_a_bounded_piece_a_call_and_keeps_the_speed(tmp_path: Path):
+    """What the watcher sees: the history a piece at a time, each flush with its steps/s and the
+    batch size from RunStarted, though no single read holds the flush before it."""
+    path = tmp_path / "metrics.jsonl"
+    flush = len(lines_of([stats(1, 20, T0 + 1)])[0]) * 20  # bytes of one flush (20 lines)
+    write(path, lines_of([started(), *[stats(1 + 20 * i, 20, T0 + 1 + 0.5 * i) for i in range(10)]]))
+    whole = MetricsFollower(path).read_events()
+    follower = MetricsFollower(path, chunk=flush // 2)
+    pieces, calls = [], 0
+    while True:
+        before = follower.offset
+        pieces += follower.read_events()
+        calls += 1
+        assert follower.offset - before <= flush  # bounded: about a chunk (plus the line it ends in)
+        if not follower.behind:
+            break
+    assert calls >= 15
+    steps = [e for e in pieces if isinstance(e, ev.StepStats)]
+    assert [s for e in steps for s in e.steps] == list(range(1, 201))
+    assert all(e.steps_per_sec > 0 for e in steps)  # never 0 steps/s for a flush read on its own
+    assert [e.steps_per_sec for e in steps if e.step % 20 == 0][1:] == pytest.approx([40.0] * 9)  # 20 / 0.5 s
+    assert all(e.samples_per_sec == pytest.approx(e.steps_per_sec * 16) for e in steps)
+    assert [e.step for e in whole if isinstance(e, ev.StepStats)] == list(range(20, 201, 20))
 
 
 def test_load_history_can_keep_only_the_last_steps(tmp_path: Path):

@@ -13,8 +13,8 @@ from typing import Any
 import psutil
 import pytest
 
-from tuitrain.engine import system
-from tuitrain.engine.system import (GpuStats, Nvml, SystemSampler, SystemSnapshot, fmt_bytes, fmt_percent,
+from tuitrain.tui import system
+from tuitrain.tui.system import (GpuStats, Nvml, SystemSampler, SystemSnapshot, fmt_bytes, fmt_percent,
                                     fmt_temp, fmt_watts)
 
 from conftest import wait_until
@@ -391,7 +391,7 @@ def test_sampler_rejects_a_bad_interval():
 def test_importing_system_pulls_in_no_ui_library_and_no_pynvml():
     code = textwrap.dedent("""
         import sys
-        import tuitrain.engine.system
+        import tuitrain.tui.system
         bad = sorted(m for m in sys.modules if m.split(".")[0] in ("textual", "rich", "plotext", "pynvml"))
         assert not bad, bad
         print("ok")

@@ -25,8 +25,7 @@ from cli_helpers import cli_env, in_process, tuitrain
 from conftest import wait_until
 from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
                                step_records, until, wait_event)
-from tuitrain.engine.control import pid_alive, read_pid
-from tuitrain.engine.rundir import step_losses
+from tuitrain.engine.rundir import pid_alive, read_pid, step_losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Unix sockets, SO_PEERCRED")]
 
@@ -331,7 +330,7 @@ def test_watch_progress_shows_the_runs_step_in_its_epoch_across_reads(tmp_path: 
 def test_the_system_panel_of_a_watcher_reports_the_runs_memory_not_its_own(tmp_path: Path) -> None:
     import psutil
 
-    from tuitrain.engine.system import SystemSampler
+    from tuitrain.tui.system import SystemSampler
     from tuitrain.tui.watch import live_pid
 
     child = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(64 << 20); sys.stdin.read()"],

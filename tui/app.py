@@ -29,7 +29,7 @@ from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog
 from tuitrain.tui.source import RunSource
 from tuitrain.tui.state import DashboardState, LogLine
-from tuitrain.engine.system import SystemSampler
+from tuitrain.tui.system import SystemSampler
 from tuitrain.tui.widgets.boundary_panel import BoundaryPanel
 from tuitrain.tui.widgets.event_log import EventLog
 from tuitrain.tui.widgets.grad_norm_plot import GradNormPlot
@@ -187,15 +187,16 @@ class TuitrainApp(App[int]):
         events = source.drain()
         if events:
             state.apply_all(events)
-            if isinstance(events[-1], ev.RunEnded):
-                self.last_end = events[-1]
+            ends = [e for e in events if isinstance(e, ev.RunEnded)]
+            if ends:
+                self.last_end = ends[-1]
         state.log.extend(source.take_notes())
         state.dirty |= source.drain_overlays()
         if source.failed_start is not None:
             self._finish(source.failed_start)  # the run ended before it could be shown: the launcher says why
             return
         phase = source.phase
-        if phase is not None and state.status in ("STARTING", "RUNNING") and state.step == 0:
+        if phase is not None and state.running and state.status in ("STARTING", "RUNNING"):
             state.status, state.phase = "STARTING", phase
         elif state.status == "STARTING":
             state.status, state.phase = "RUNNING", None
@@ -215,9 +216,9 @@ class TuitrainApp(App[int]):
             lines = state.take_log()
             if lines:
                 self.query_one(EventLog).add(lines)
-            if snapshot is not self._snapshot:
+            if snapshot is not self._snapshot or "process" in dirty:
                 self._snapshot = snapshot
-                self.query_one(SystemPanel).show(snapshot)
+                self.query_one(SystemPanel).show(snapshot, state.process)
             if "hint" in dirty:
                 self.query_one(HintBar).show(state.hint)
             if "boundary-ready" in dirty:

@@ -534,8 +534,7 @@ def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dic
     if path.is_dir():
         if "run_dir" in overrides:
             raise UsageError("--run-dir cannot be used when resuming a run directory (it continues there)")
-        from tuitrain.engine.control import run_state
-        from tuitrain.engine.rundir import check_run_files
+        from tuitrain.engine.rundir import check_run_files, run_state
         check_run_files(path)  # before anything opens them (a FIFO would hang, a link lead elsewhere)
         if run_state(path) == "live":
             raise UsageError(f"a live run is training in {path}; watch and steer it with: tuitrain watch {path}")
@@ -627,8 +626,9 @@ class PreparedRun:
             code = self._check_record(code)
             if not detach:
                 return code
-            summary = _read_summary(self.run_dir)
-            if summary.get("status") != "interrupted":
+            from tuitrain.engine.rundir import read_json
+            summary = read_json(self.run_dir / "summary.json")
+            if not isinstance(summary, dict) or summary.get("status") != "interrupted":
                 return code  # it ended on its own before the detach took effect: nothing to continue
             from tuitrain.tui.detach import continue_in_background
             return continue_in_background(self.run_dir, to_terminal=to_terminal, preset=self.cfg.preset)
@@ -679,14 +679,6 @@ class PreparedRun:
         if self.created is not None and self.created.is_dir():
             if not any(p.is_file() for p in self.created.rglob("*")):
                 shutil.rmtree(self.created, ignore_errors=True)
-
-
-def _read_summary(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class Interrupted(BaseException):

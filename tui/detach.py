@@ -58,7 +58,8 @@ def spawn(args: Sequence[str], run_dir: Path) -> subprocess.Popen[bytes]:
 
 def wait_started(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = START_TIMEOUT) -> Started:
     """Wait (bounded) until the child serves its control socket, or exits."""
-    from tuitrain.engine.control import ControlClient, ControlError, read_pid
+    from tuitrain.engine.control import ControlClient, ControlError
+    from tuitrain.engine.rundir import read_pid
 
     deadline = time.monotonic() + timeout
     while True:

@@ -202,7 +202,7 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
     source = LaunchedRun(proc, lifeline, startup_output=lambda: startup_output(out))
     if make_app is None:
         from tuitrain.tui.app import TuitrainApp
-        from tuitrain.engine.system import SystemSampler
+        from tuitrain.tui.system import SystemSampler
 
         app = TuitrainApp(source, sampler=SystemSampler(pid=proc.pid))
     else:
@@ -295,7 +295,7 @@ def run_in_process(run: "PreparedRun", relay: "SignalRelay") -> int:
     from tuitrain.engine.commands import Stop
     from tuitrain.tui.app import TuitrainApp
     from tuitrain.tui.source import InProcessRun
-    from tuitrain.engine.system import SystemSampler
+    from tuitrain.tui.system import SystemSampler
 
     ended: list[Any] = []  # the RunEnded event, printed to the shell once the dashboard is gone
     trainer = run.start(relay, boundary=True,  # the grids are for live viewers: headless skips them

@@ -21,7 +21,6 @@ read-only.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 import time
@@ -31,6 +30,8 @@ from typing import Any
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import Command
+from tuitrain.engine.events import END_STATUSES
+from tuitrain.engine.rundir import read_json
 from tuitrain.tui.state import LogLine
 
 #: Seconds between looks at the file and the socket once the history is read (the UI drains at 4 Hz).
@@ -44,8 +45,6 @@ END_GRACE = 3.0
 FIRST_FRAME_WAIT = 2.0
 #: How often a run we cannot reach by socket is checked for a dead process.
 STATE_INTERVAL = 1.0
-
-END_STATUSES = ("finished", "stopped", "early_stopped", "interrupted", "failed")
 
 
 class _Inbox:
@@ -105,7 +104,6 @@ class RemoteRun:
         """Set by the app once it has painted the first steps: until then the reader waits after its
         first chunk, so that the frame is not slowed by parsing the rest (the GIL is shared)."""
         self._stop = threading.Event()
-        self._rates = _Rates()
         self._skip_noted = False
 
     # -- what the app reads --------------------------------------------------------------
@@ -139,14 +137,16 @@ class RemoteRun:
         """Load the history, then follow the run until it ends or close() is called."""
         try:
             self._connect()
-            self._follow(ChunkedFollower(self.run_dir / "metrics.jsonl", self.chunk_bytes))
+            from tuitrain.engine.replay import MetricsFollower
+            self._follow(MetricsFollower(self.run_dir / "metrics.jsonl", chunk=self.chunk_bytes))
         finally:
             client, self.client = self.client, None
             if client is not None:
                 client.close()
 
     def _connect(self) -> None:
-        from tuitrain.engine.control import ControlClient, ControlError, NotOwner, run_state
+        from tuitrain.engine.control import ControlClient, ControlError, NotOwner
+        from tuitrain.engine.rundir import run_state
 
         self.state = run_state(self.run_dir)
         if self.state != "live":
@@ -167,16 +167,17 @@ class RemoteRun:
                               "q detaches this watcher and the run keeps training, x stops the run")
 
     def _follow(self, follower: Any) -> None:
-        from tuitrain.engine.replay import RecordDecoder
+        """Read `follower` (engine/replay.py MetricsFollower) a chunk at a time, then tail it.
 
-        # One decoder for the whole file: it keeps the run's steps per epoch (from RunStarted)
-        # across reads, so a step in epoch 7 shows as such, not as step 1 of 1.
-        decoder = RecordDecoder()
+        One follower, with one decoder, for the whole file: it keeps the run's steps per
+        epoch (from RunStarted) and the previous flush's time across reads, so a step in
+        epoch 7 shows as such, not as step 1 of 1, and a read of one flush has its steps/s.
+        """
         quiet_since: float | None = None
         last_state_check = time.monotonic()
         while not self._stop.is_set():
-            records = follower.read_new()
-            events = self._rates.fill(decoder.decode(records)) if records else []
+            before = follower.offset
+            events = follower.read_events()
             live = self._poll_live()
             self._push(events + live)
             if self.ended or self._stop.is_set():
@@ -184,7 +185,7 @@ class RemoteRun:
             if not self.first_frame.is_set() and any(isinstance(e, ev.StepStats) for e in events):
                 self.first_frame.wait(FIRST_FRAME_WAIT)
             self._note_skipped(follower)
-            if records or getattr(follower, "behind", False):
+            if follower.offset != before or follower.behind:
                 quiet_since = None
                 continue  # more history may be waiting: read on without sleeping
             self.history_loaded.set()
@@ -199,12 +200,11 @@ class RemoteRun:
 
     def _note_skipped(self, follower: Any) -> None:
         """One warning in the log for the first over-long line of metrics.jsonl (not a record)."""
-        lines = getattr(follower, "lines", None)
-        if lines is None or not lines.skipped or self._skip_noted:
+        if not follower.skipped or self._skip_noted:
             return
         self._skip_noted = True
-        self.note("warning", f"{follower.path}: skipping a line longer than {lines.max_line >> 20} MiB at byte "
-                             f"{lines.skipped_at:,} (not a record tuitrain writes); reading on")
+        self.note("warning", f"{follower.path}: skipping a line longer than {follower.max_line >> 20} MiB at byte "
+                             f"{follower.skipped_at:,} (not a record tuitrain writes); reading on")
 
     def _should_check(self, now: float, last: float) -> bool:
         """Is it time to ask whether the run is still there?"""
@@ -215,7 +215,7 @@ class RemoteRun:
 
     def _gone(self, quiet: float) -> bool:
         """The run is not live and the file says nothing more: end the replay (True) or keep following."""
-        from tuitrain.engine.control import run_state
+        from tuitrain.engine.rundir import run_state
 
         state = run_state(self.run_dir)
         if state == "live":
@@ -224,7 +224,7 @@ class RemoteRun:
             return False  # no socket, no pid, no summary: an older run still writing, perhaps
         if self.state == "live" and quiet < END_GRACE:
             return False  # the run just ended: give its last records a moment to reach the file
-        summary = _read_json(self.run_dir / "summary.json")
+        summary = read_json(self.run_dir / "summary.json")
         if state in END_STATUSES and isinstance(summary, dict):
             self.note("info", f"the run ended ({state}) without its final record in metrics.jsonl; "
                               "showing its summary")
@@ -266,84 +266,8 @@ class RemoteRun:
             self._stop.wait(0.02)  # wait-ok: backpressure while the UI catches up (woken by close())
 
 
-class ChunkedFollower:
-    """Tails metrics.jsonl like engine/replay.py's MetricsFollower, about `chunk` bytes a call.
-
-    A million-step history is ~100 MB: read whole, the first frame would wait
-    seconds for the last line. A chunk at a time, the plots fill in while the
-    rest loads, and memory holds one chunk of records at a time. The lines come
-    from replay.LineReader: a region without newlines is scanned once, a chunk a
-    call (so the watcher stays responsive), and an over-long line is skipped.
-    """
-
-    def __init__(self, path: Path, chunk: int = 1 << 20) -> None:
-        from tuitrain.engine.replay import LineReader
-
-        self.path = path
-        self.chunk = chunk
-        self.lines = LineReader(path)
-
-    @property
-    def offset(self) -> int:
-        return self.lines.offset
-
-    @property
-    def behind(self) -> bool:
-        """More of the file is waiting: read again without sleeping."""
-        return self.lines.behind
-
-    def read_new(self) -> list[dict[str, Any]]:
-        from tuitrain.engine.replay import parse_lines
-
-        out: list[dict[str, Any]] = []
-        for _start, block in self.lines.read(self.chunk, budget=self.chunk):
-            out.extend(parse_lines(block))
-        return out
-
-
-class _Rates:
-    """Steps/s and samples/s across read_new() calls.
-
-    events_from_records derives a flush's rate from the previous flush in the
-    same call; following the file, a call often holds one flush, so its rate
-    would read 0. This carries the previous flush's time over.
-    """
-
-    def __init__(self) -> None:
-        self.prev_t: float | None = None
-        self.paused = 0.0
-        self.batch = 1
-
-    def fill(self, events: list[ev.Event]) -> list[ev.Event]:
-        out = []
-        for e in events:
-            if isinstance(e, ev.RunStarted):
-                config = e.config if isinstance(e.config, dict) else {}
-                self.batch = int(config.get("batch_size") or 1) * int(config.get("accumulate") or 1)
-                self.prev_t, self.paused = e.t, 0.0
-            elif isinstance(e, ev.Resumed):
-                self.paused += float(e.paused_seconds or 0.0)
-            elif isinstance(e, ev.StepStats):
-                if e.steps_per_sec <= 0 and self.prev_t is not None:
-                    elapsed = e.t - self.prev_t - self.paused
-                    if elapsed > 0:
-                        rate = len(e.steps) / elapsed
-                        e = dataclasses.replace(e, steps_per_sec=rate, samples_per_sec=rate * self.batch)
-                self.prev_t, self.paused = e.t, 0.0
-            out.append(e)
-        return out
-
-
 def _decode(records: list[dict[str, Any]]) -> list[ev.Event]:
     from tuitrain.engine.replay import events_from_records
 
     return events_from_records(records)
 
-
-def _read_json(path: Path) -> Any:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None

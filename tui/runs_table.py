@@ -2,7 +2,7 @@
 
 A folder of runs can hold hundreds of runs with million-line metrics files,
 so nothing here reads a whole metrics.jsonl: the status comes from the
-control socket, run.pid and summary.json (engine/control.py run_state), the
+control socket, run.pid and summary.json (engine/rundir.py run_state), the
 start time from the first line, and a live run's step and best validation
 loss from the last few kilobytes (a seek near the end).
 """
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tuitrain.engine.rundir import RunDirError, check_path, irregular_files, open_run_file
+from tuitrain.engine.events import RUN_STATUSES
+from tuitrain.engine.rundir import RunDirError, check_path, irregular_files, open_run_file, read_json
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -72,7 +73,7 @@ def latest_run(root: Path) -> Path | None:
 
 def started_at(path: Path) -> float | None:
     """When the run's latest session started: run.pid, else the first record, else config.json's mtime."""
-    from tuitrain.engine.control import read_pid
+    from tuitrain.engine.rundir import read_pid
 
     info = read_pid(path)
     if info is not None and isinstance(info.get("started"), (int, float)):
@@ -132,13 +133,13 @@ def tail_records(path: Path, want_eval: bool = True) -> list[dict[str, Any]]:
 
 
 def describe(path: Path) -> RunRow:
-    from tuitrain.engine.control import run_state
+    from tuitrain.engine.rundir import run_state
 
     if irregular_files(path):  # a link or a FIFO among its files: not read (it could hang or lead elsewhere)
         return RunRow(path, "?", "invalid", None, None, None)
     status = run_state(path)
-    summary = _read_json(path / "summary.json")
-    config = _read_json(path / "config.json")
+    summary = read_json(path / "summary.json")
+    config = read_json(path / "config.json")
     preset = summary.get("preset") if isinstance(summary, dict) else None
     if not preset and isinstance(config, dict):
         spec = str(config.get("preset", "?"))
@@ -158,14 +159,6 @@ def describe(path: Path) -> RunRow:
                 break
     return RunRow(path, str(preset or "?"), status, steps if isinstance(steps, int) else None,
                   best if isinstance(best, (int, float)) else None, started_at(path))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open_run_file(path) as f:
-            return json.loads(f.read(TAIL_LIMIT).decode("utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
@@ -192,8 +185,7 @@ def main(argv: Sequence[str]) -> int:
     args = list(argv)
     if args and args[0] in ("-h", "--help"):
         print("usage: tuitrain runs [DIR]\n\nA table of the runs under DIR (default ./runs): "
-              "preset, status (live, finished, stopped, early_stopped, failed, interrupted, died, unknown, "
-              "invalid), "
+              f"preset, status ({', '.join((*RUN_STATUSES, 'invalid'))}), "
               "steps, best validation loss, start time.")
         return EXIT_OK
     if len(args) > 1:

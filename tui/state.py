@@ -13,7 +13,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from tuitrain.engine import events as ev
-from tuitrain.engine.history import EpochSeries, Marks, Series
+from tuitrain.tui.history import EpochSeries, Marks, Series
 
 STATUS_WORDS = {
     "finished": "FINISHED",
@@ -86,11 +86,14 @@ class DashboardState:
     """LayerStats.total_grad_norm over steps (bounded, like the loss)."""
     hint: ev.Hint | None = None
     """The latest diagnosis, shown in the hint bar."""
+    process: ev.ProcessStats | None = None
+    """The run process's latest RSS and CUDA memory (live-only, about once a second); None before
+    the first and once the run ended (its process is gone: the panel falls back to the sampler)."""
     log: list[LogLine] = field(default_factory=list)
     """New log lines since the widgets last took them."""
     dirty: set[str] = field(default_factory=set)
     """Which parts changed: 'loss', 'metric', 'lr', 'plan', 'progress', 'status',
-    'boundary-ready', 'boundary', 'layers', 'grad', 'hint'."""
+    'boundary-ready', 'boundary', 'layers', 'grad', 'hint', 'process'."""
 
     # -- feeding ---------------------------------------------------------------
     def apply_all(self, events: list[ev.Event]) -> None:
@@ -251,6 +254,9 @@ class DashboardState:
 
     def _on_RunEnded(self, e: ev.RunEnded) -> None:
         self.end_status, self.end_signal = e.status, e.summary.get("signal")
+        if self.process is not None:
+            self.process = None  # the numbers of a process that is gone would read as current
+            self.dirty.add("process")
         self.status = STATUS_WORDS.get(e.status, e.status.upper())
         if self.paused_at is not None:
             self.paused_total += max(0.0, e.t - self.paused_at)
@@ -307,6 +313,12 @@ class DashboardState:
             self.total_grad_norm.append(e.step, norm)
             self.dirty.add("grad")
         self.dirty.add("layers")
+
+    def _on_ProcessStats(self, e: ev.ProcessStats) -> None:
+        if not self.running:
+            return  # a last live frame that arrived after the end record
+        self.process = e
+        self.dirty.add("process")
 
     def _on_Hint(self, e: ev.Hint) -> None:
         self.hint = e

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tuitrain.engine.system import SystemSampler
+from tuitrain.tui.system import SystemSampler
 from tuitrain.tui.app import TuitrainApp
 from tuitrain.tui.remote_run import RemoteRun
 from tuitrain.tui.source import WatchedRun
@@ -71,7 +71,7 @@ def live_pid(run_dir: Path) -> int | None:
 
     Only while live: the pid of a run that ended may belong to another process by now.
     """
-    from tuitrain.engine.control import read_pid, run_state
+    from tuitrain.engine.rundir import read_pid, run_state
 
     info = read_pid(run_dir)
     if info is None or run_state(run_dir) != "live":

@@ -8,7 +8,7 @@
    the tracemalloc peak. Target: both <= 64 MB. Also prints the ingest rate and
    the series' own storage size.
 2. Builds a 1,000-step and a 1,000,000-step training-loss history
-   (engine.history.Series, default capacity) and times thin(width) on each,
+   (tui.history.Series, default capacity) and times thin(width) on each,
    the min over `--repeats` calls, alternating the two so machine noise hits
    both alike. Target: 1M / 1k <= 2.
 """
@@ -24,7 +24,7 @@ import tracemalloc
 
 import psutil
 
-from tuitrain.engine.history import Series
+from tuitrain.tui.history import Series
 
 MB = 2**20
 STEPS_BIG = 1_000_000

@@ -134,7 +134,7 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 
 def detached_run(root: Path, epochs: int, n: int, watch: bool) -> float:
-    from tuitrain.engine.control import pid_alive, read_pid
+    from tuitrain.engine.rundir import pid_alive, read_pid
 
     run_dir = root / f"{'watched' if watch else 'alone'}-{n}"
     subprocess.run([TUITRAIN, "--preset", "circles", "--epochs", str(epochs), "--detach", "--run-dir",

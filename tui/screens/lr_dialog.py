@@ -1,14 +1,15 @@
-"""The `l` dialog: type a new learning rate; only a positive finite number is accepted."""
+"""The `l` dialog: type a new learning rate; only a positive finite number is accepted
+(engine/commands.py check_lr: the engine's own rule, so what the dialog lets through the run takes)."""
 
 from __future__ import annotations
-
-import math
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
+
+from tuitrain.engine.commands import check_lr
 
 #: A new LR more than this many times the current one asks for a second Enter (1e9 is a typo, not a plan).
 CONFIRM_ABOVE = 100.0
@@ -23,11 +24,7 @@ def parse_lr(text: str) -> float:
         value = float(cleaned)
     except ValueError:
         raise ValueError(f"not a number: {cleaned[:40]!r}") from None
-    if not math.isfinite(value):
-        raise ValueError("the learning rate must be finite")
-    if value <= 0:
-        raise ValueError("the learning rate must be greater than zero")
-    return value
+    return check_lr(value)
 
 
 def needs_confirmation(value: float, current: float | None) -> bool:

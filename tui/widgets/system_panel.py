@@ -1,15 +1,20 @@
-"""GPU, CPU and memory readings from the SystemSampler's latest snapshot."""
+"""GPU, CPU and memory readings from the SystemSampler's latest snapshot, and the run's own
+RSS and torch CUDA memory from its ProcessStats event when the run sends them."""
 
 from __future__ import annotations
 
 from rich.text import Text
 
-from tuitrain.engine.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts
+from tuitrain.engine import events as ev
+from tuitrain.tui.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts, with_run_process
 from tuitrain.tui.widgets.text_panel import TextPanel
 
 
 class SystemPanel(TextPanel):
-    def show(self, snap: SystemSnapshot | None) -> None:
+    def show(self, snap: SystemSnapshot | None, process: ev.ProcessStats | None = None) -> None:
+        """`process`: the run's latest ProcessStats (DashboardState.process); it replaces the
+        sampler's process RSS and torch CUDA lines, since only the run's process knows those."""
+        snap = with_run_process(snap, process)
         if snap is None:
             self.set_content(Text("system: sampling…"), None)
             return

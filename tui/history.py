@@ -27,8 +27,8 @@ are all non-finite has NaN min, max and mean.
 lr at an epoch's end) as plain lists, and `Marks` the interventions drawn on
 the x axis (lr change, pause, checkpoint), in a bounded deque.
 
-Standard library only: this module runs in the engine thread or the UI and
-imports neither torch nor textual.
+Standard library only: the viewer's plots use it (the engine records, it never
+plots), and it imports neither torch nor textual.
 """
 
 from __future__ import annotations

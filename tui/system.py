@@ -9,7 +9,10 @@ as "N/A"), never an exception. Every pynvml call is wrapped once, in `Nvml`;
 without a driver (or without pynvml) the snapshot has no GPUs and `gpu_note`
 says why in words.
 
-PyTorch, psutil and the standard library only: no textual, no rich.
+The viewer's sampler (the engine never samples the machine for a screen).
+psutil and the standard library only: no textual, no rich, and never an
+import of torch, which a viewer does not load; torch's CUDA memory is read
+only when torch is already in this process (a dashboard in the run's process).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
@@ -30,6 +33,7 @@ __all__ = [
     "SystemSnapshot",
     "Nvml",
     "SystemSampler",
+    "with_run_process",
     "fmt_bytes",
     "fmt_percent",
     "fmt_watts",
@@ -367,6 +371,32 @@ class SystemSampler:
                 peak_bytes=_num(self._field(lambda: cuda.max_memory_allocated(i))),
             ))
         return tuple(out)
+
+
+def with_run_process(snap: SystemSnapshot | None, process: Any | None) -> SystemSnapshot | None:
+    """`snap` with the run's own RSS and torch CUDA memory from its ProcessStats event, when there is one.
+
+    Only the run's process knows what torch's allocator holds (a watcher never
+    loads torch), and its RSS is the number to watch: so those come from the
+    run's event, and the machine (GPUs, CPU, RAM) from the local sampler. The
+    event arrived over a socket: a field of the wrong type reads N/A, never an
+    error. Without an event (or before the first sample) `snap` is returned as is.
+    """
+    if snap is None or process is None:
+        return snap
+    pid = getattr(process, "pid", None)
+    label = f"run (pid {pid})" if isinstance(pid, int) and not isinstance(pid, bool) else "run"
+    cuda = []
+    entries = getattr(process, "cuda", None)
+    for entry in entries if isinstance(entries, (list, tuple)) else ():
+        device = entry.get("device") if isinstance(entry, dict) else None
+        if not isinstance(device, int) or isinstance(device, bool):
+            continue
+        cuda.append(TorchCudaMemory(device_index=device, allocated_bytes=_num(entry.get("allocated_bytes")),
+                                    reserved_bytes=_num(entry.get("reserved_bytes")),
+                                    peak_bytes=_num(entry.get("peak_bytes"))))
+    return replace(snap, process_rss_bytes=_num(getattr(process, "rss_bytes", None)), process_label=label,
+                   torch_cuda=tuple(cuda))
 
 
 def _num(value: Any) -> float | None:

@@ -1,0 +1,105 @@
+"""What only the run's own process can tell about itself, for viewers: its RSS and torch's CUDA memory.
+
+A watcher in another process can read the machine (NVML, psutil), but not
+what torch's caching allocator holds inside the run, and on another host not
+even the run's RSS. So the Trainer samples them here, at its log interval but
+at most once a second (`INTERVAL`), and emits a live-only ProcessStats event
+(never written to metrics.jsonl; the control socket carries it to watchers).
+
+Looking must cost the run nothing and change nothing: psutil reads one
+/proc file, and torch.cuda is asked only when CUDA is already initialized in
+this process (torch already imported, `is_initialized()`), never started
+just to look. A field that cannot be read is None, never an exception.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from .events import ProcessStats
+
+__all__ = ["INTERVAL", "ProcessProbe", "cuda_memory"]
+
+#: The fewest seconds between two samples (the system panel redraws about once a second).
+INTERVAL = 1.0
+
+
+def cuda_memory(cuda: Any | None = None) -> list[dict[str, int | None]]:
+    """torch's CUDA memory per device this process has used: allocated, reserved and peak bytes.
+
+    `cuda` is torch.cuda (tests pass a fake); without torch in this process, or
+    before CUDA is initialized, the list is empty. A device on which the
+    allocator holds nothing and never did is left out (one GPU of eight used:
+    one entry).
+    """
+    if cuda is None:
+        torch = sys.modules.get("torch")  # the run has imported it; never import it just to look
+        cuda = getattr(torch, "cuda", None)
+        if cuda is None:
+            return []
+    try:
+        # is_initialized() first: asking anything else might be what initializes CUDA.
+        if not (cuda.is_initialized() and cuda.is_available()):
+            return []
+        count = int(cuda.device_count())
+    except Exception:  # noqa: BLE001 - a broken CUDA is "no CUDA memory to show", not a failed run
+        return []
+    out: list[dict[str, int | None]] = []
+    for i in range(count):
+        allocated = _bytes(cuda.memory_allocated, i)
+        reserved = _bytes(cuda.memory_reserved, i)
+        peak = _bytes(cuda.max_memory_allocated, i)
+        if not any((allocated, reserved, peak)):
+            continue  # not a device this run uses (0 or unreadable everywhere)
+        out.append({"device": i, "allocated_bytes": allocated, "reserved_bytes": reserved, "peak_bytes": peak})
+    return out
+
+
+def _bytes(read: Any, device: int) -> int | None:
+    try:
+        value = int(read(device))
+    except Exception:  # noqa: BLE001 - one unreadable field is N/A
+        return None
+    return value if value >= 0 else None
+
+
+class ProcessProbe:
+    """Samples this process for ProcessStats, at most once per `interval` seconds.
+
+    `due()` is one clock read, so the Trainer can ask at every flush; `sample()`
+    costs about a /proc read plus, on CUDA, a few allocator counters.
+    """
+
+    def __init__(self, interval: float = INTERVAL, cuda: Any | None = None) -> None:
+        self.interval = interval
+        self._cuda = cuda
+        self._pid = os.getpid()
+        self._process: psutil.Process | None = None
+        self._last = -float("inf")
+
+    def due(self, now: float | None = None) -> bool:
+        """Has `interval` passed since the last sample (time.monotonic())?"""
+        return (time.monotonic() if now is None else now) - self._last >= self.interval
+
+    def sample(self, step: int, t: float) -> ProcessStats:
+        """The ProcessStats of this process now (and the interval starts again)."""
+        self._last = time.monotonic()
+        pid = os.getpid()
+        if pid != self._pid or self._process is None:  # a forked child measures itself, not its parent
+            self._pid, self._process = pid, None
+            try:
+                self._process = psutil.Process(pid)
+            except Exception:  # noqa: BLE001
+                self._process = None
+        rss: int | None = None
+        if self._process is not None:
+            try:
+                rss = int(self._process.memory_info().rss)
+            except Exception:  # noqa: BLE001 - N/A, the run goes on
+                rss = None
+        return ProcessStats(step, t, pid=pid, rss_bytes=rss, cuda=cuda_memory(self._cuda))
