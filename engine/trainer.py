@@ -934,13 +934,17 @@ class Trainer:
     def _handle_commands(self) -> None:
         """Apply what waits, at most one queue's worth: commands that keep arriving wait for the next step."""
         self._answer_dropped()
+        applied = False
         for _ in range(self.commands.max_pending + 1):
             command = self.commands.get_nowait()
             if command is None:
                 break
             self._apply(command)
+            applied = True
         if self.paused:
             self._pause_loop()
+        elif applied:
+            self.rundir.flush()  # the answer on the record now, not at the next flush: viewers show it at once
 
     def _answer_dropped(self) -> None:
         """One `rejected` event per kind of command the bounded queue dropped since the last boundary."""

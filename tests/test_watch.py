@@ -200,7 +200,7 @@ def test_watching_a_finished_run_is_a_read_only_replay(tmp_path: Path) -> None:
             assert not app.source.remote.steerable
             for action in ("toggle_pause", "set_lr", "save", "stop"):
                 assert app.check_action(action, ()) is None, action
-            assert app.check_action("quit_run", ()) is True
+            assert app.check_action("leave", ()) is True and app.check_action("quit_run", ()) is False
             assert len(app.state.loss) == 3 * 125 and app.state.loss.last_step == 375
             assert len(app.state.val_loss.points()) == 3
             assert "replaying it read-only" in log_text(app)

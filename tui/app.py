@@ -49,6 +49,9 @@ LR_PLOT_INTERVAL = 3.0
 #: Seconds between layer-table updates (the engine sends stats every log interval).
 LAYERS_INTERVAL = 1.0
 
+#: After a key sent a command: drain this often, for this long (the answer is on its way).
+HURRY_INTERVAL, HURRY_SECONDS = 0.02, 1.0
+
 #: The smallest terminal the dashboard draws in (columns, rows); below it, a one-line notice.
 MIN_SIZE = (80, 24)
 
@@ -106,6 +109,7 @@ class TuitrainApp(App[int]):
         self._layers_dirty = False
         self._steerable = False
         self._painted = False
+        self._hurry_until = 0.0
 
     # -- layout ----------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -323,7 +327,19 @@ class TuitrainApp(App[int]):
         return True
 
     def _send(self, command: Any) -> None:
+        """Send, then drain at 50 Hz for a moment: the run's answer shows within tens of ms, not a tick later."""
         self.source.send(command)
+        hurrying = self._hurry_until > time.monotonic()
+        self._hurry_until = time.monotonic() + HURRY_SECONDS
+        if not hurrying:
+            self.set_timer(HURRY_INTERVAL, self._hurry)
+
+    def _hurry(self) -> None:
+        if not self.is_running:
+            return
+        self.drain()
+        if time.monotonic() < self._hurry_until:
+            self.set_timer(HURRY_INTERVAL, self._hurry)
 
     def action_toggle_pause(self) -> None:
         self._send(TogglePause())
@@ -405,8 +421,10 @@ class TuitrainApp(App[int]):
     def action_help(self) -> None:
         source = self.source
         offered = source.offered()
+        if source.read_only:
+            offered = offered - set(STEERING)
         rows = keys.help_rows(offered)
-        if not (offered & {"set_lr"}):
+        if source.read_only:
             why = "several runs are compared" if source.overlays(self.state) else "the run is not live here"
             rows.append(("", "read-only: " + why))
         self.push_screen(HelpScreen(rows, title=source.help_title))

@@ -36,6 +36,8 @@ from tuitrain.tui.state import LogLine
 
 #: Seconds between looks at the file and the socket once the history is read (the UI drains at 4 Hz).
 POLL_INTERVAL = 0.25
+#: After a command was sent: how long, and how often, to look for the run's answer in the file.
+HURRY_SECONDS, HURRY_POLL = 2.0, 0.01
 #: Events waiting for the UI before the reader pauses (keeps memory bounded while a long history loads).
 BACKLOG = 10_000
 #: After the socket closed, how long the RunEnded record may take to reach the file before we
@@ -104,6 +106,9 @@ class RemoteRun:
         """Set by the app once it has painted the first steps: until then the reader waits after its
         first chunk, so that the frame is not slowed by parsing the rest (the GIL is shared)."""
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        """Set by send() and close(): look at the file now (the answer to a key is on its way)."""
+        self._hurry_until = 0.0
         self._skip_noted = False
 
     # -- what the app reads --------------------------------------------------------------
@@ -127,10 +132,19 @@ class RemoteRun:
             client.send(command)
         except ControlError as exc:
             self.note("warning", f"{command.name} not sent: {exc}")
+            return
+        self._hurry_until = time.monotonic() + HURRY_SECONDS
+        self._wake.set()
+
+    @property
+    def hurrying(self) -> bool:
+        """A command was sent moments ago: its answer is expected in the file any moment."""
+        return time.monotonic() < self._hurry_until
 
     def close(self) -> None:
         """Stop following (the watcher quits); the run itself goes on."""
         self._stop.set()
+        self._wake.set()
 
     # -- the worker ------------------------------------------------------------------------
     def run(self) -> None:
@@ -196,7 +210,9 @@ class RemoteRun:
                 last_state_check = now
                 if self._gone(now - quiet_since):
                     return
-            self._stop.wait(self.poll_interval)
+            hurry = time.monotonic() < self._hurry_until
+            self._wake.wait(HURRY_POLL if hurry else self.poll_interval)
+            self._wake.clear()
 
     def _note_skipped(self, follower: Any) -> None:
         """One warning in the log for the first over-long line of metrics.jsonl (not a record)."""

@@ -103,6 +103,11 @@ class RunSource:
             actions.add("detach")
         return frozenset(actions)
 
+    @property
+    def read_only(self) -> bool:
+        """Nothing here can steer the run (a replay, someone else's run, a comparison): the help says so."""
+        return False
+
     def overlays(self, state: DashboardState) -> list[tuple[str, DashboardState]]:
         """Runs drawn together on the loss and metric plots (`tuitrain watch a b`); none by default."""
         return []
@@ -229,8 +234,9 @@ class WatchedRun(RunSource):
     def steerable(self) -> bool:
         return not self.compare and self.remote.steerable
 
-    def offered(self) -> frozenset[str]:
-        return super().offered() if self.steerable else super().offered() - STEER_ACTIONS
+    @property
+    def read_only(self) -> bool:
+        return not self.steerable
 
     def painted(self) -> None:
         self.remote.first_frame.set()
