@@ -372,7 +372,7 @@ def test_a_run_with_more_threads_than_cores_says_so_once_on_stderr(tmp_path: Pat
 
     # 2 threads (within the CPUs, which --threads allows) while another job keeps 1.6 cores busy.
     monkeypatch.setattr(cli, "idle_cores", lambda: 0.4)
-    monkeypatch.setattr(headless, "run_headless", lambda run, relay: 0)  # the warning comes before training
+    monkeypatch.setattr(headless, "run_headless", lambda run, relay, **kw: 0)  # the warning comes before training
     monkeypatch.chdir(tmp_path)
     rc, _, err = in_process("--preset", "circles", "--headless", "--threads", "2", "--max-steps", "5",
                             "--run-dir", tmp_path / "R")

@@ -174,7 +174,7 @@ def test_a_repeated_sighup_is_the_same_hangup_not_a_kill() -> None:
     import queue
     import signal as sig
 
-    from tuitrain.tui.cli import SignalRelay
+    from tuitrain.tui.run_process import SignalRelay
 
     commands: queue.SimpleQueue = queue.SimpleQueue()
     relay = SignalRelay()
@@ -190,7 +190,7 @@ def test_a_lost_terminal_is_a_hangup_even_without_sighup() -> None:
     import queue
     import signal as sig
 
-    from tuitrain.tui.cli import SignalRelay
+    from tuitrain.tui.run_process import SignalRelay
 
     commands: queue.SimpleQueue = queue.SimpleQueue()
     relay = SignalRelay()

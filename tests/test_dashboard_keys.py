@@ -548,7 +548,7 @@ def test_ctrl_q_while_training_stops_and_saves_then_exits_0(tmp_path: Path) -> N
 
     from tuitrain.tui import app as app_module
     from tuitrain.tui import launch
-    from tuitrain.tui.cli import PreparedRun, SignalRelay
+    from tuitrain.tui.run_process import PreparedRun, SignalRelay
 
     R = tmp_path / "run"
     # 40 steps at ~20 steps/s: a run that would take ~2 s to finish on its own.

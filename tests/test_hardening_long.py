@@ -88,16 +88,17 @@ def test_headless_keeps_no_unread_event_buffer(tmp_path: Path, monkeypatch: pyte
     """Found by the million-step run: headless never reads trainer.events, and a full buffer of step
     batches held 73 MB after 100k steps (and would reach ~1 GB at 10,000 events)."""
     import tuitrain.tui.cli as cli
+    import tuitrain.tui.run_process as run_process
 
     seen: dict = {}
-    real = cli.PreparedRun.start
+    real = run_process.PreparedRun.start
 
     def start(self, relay, **kwargs):  # type: ignore[no-untyped-def]
         trainer = real(self, relay, **kwargs)
         seen["trainer"] = trainer
         return trainer
 
-    monkeypatch.setattr(cli.PreparedRun, "start", start)
+    monkeypatch.setattr(run_process.PreparedRun, "start", start)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["--preset", "circles", "--headless", "--max-steps", "300", "--run-dir", "R"]) == 0
     assert len(seen["trainer"].events) == 0 and seen["trainer"].events.dropped > 0

@@ -18,7 +18,7 @@ from tuitrain.tui.text import final_lines, size_text
 MAX_LINE_CHARS = 2000
 
 if TYPE_CHECKING:
-    from tuitrain.tui.cli import PreparedRun, SignalRelay
+    from tuitrain.tui.run_process import PreparedRun, SignalRelay
 
 
 class HeadlessReporter:

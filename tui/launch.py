@@ -26,9 +26,11 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from tuitrain.engine.rundir import exit_status
+
 if TYPE_CHECKING:
     from tuitrain.tui.app import TuitrainApp
-    from tuitrain.tui.cli import PreparedRun, SignalRelay
+    from tuitrain.tui.run_process import PreparedRun, SignalRelay
     from tuitrain.tui.source import LaunchedRun
 
 #: The in-process shape: the UI and the engine share the GIL. A longer switch interval than Python's
@@ -124,8 +126,9 @@ class SignalForwarder:
 
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, on_forward: Callable[[], None] | None = None) -> None:
         self.pid = pid
+        self.on_forward = on_forward
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -146,6 +149,8 @@ class SignalForwarder:
             os.kill(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+        if self.on_forward is not None:
+            self.on_forward()
 
     def terminal_lost(self) -> None:
         if self.received is None:
@@ -207,18 +212,25 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
         app = TuitrainApp(source, sampler=SystemSampler(pid=proc.pid))
     else:
         app = make_app(source)
-    forwarder = SignalForwarder(proc.pid).install()
+    forwarder = SignalForwarder(proc.pid, on_forward=source.hurry).install()
     returned = threading.Event()
     ttys = _terminal_fds()
 
     def run_over() -> bool:
-        return proc.poll() is not None or source.detached
+        return proc.poll() is not None or source.detached or source.end_event is not None
 
     def wants_exit() -> bool:
         return app.exit_code is not None or forwarder.received is not None
 
     def status() -> int:
-        return 0 if source.detached else _returncode(proc.poll())
+        """The run's exit status: its process's, or (still exiting) the one its record ended with."""
+        code = proc.poll()
+        if code is not None:
+            return _returncode(code)
+        end = source.end_event
+        if source.detached or end is None:
+            return 0 if source.detached else 1
+        return exit_status(end.status, end.summary.get("signal") if isinstance(end.summary, dict) else None)
 
     def hangup_leaves() -> None:
         """--on-hangup detach: the run stays as it is (the forwarded SIGHUP told it so); this viewer goes."""

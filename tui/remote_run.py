@@ -99,6 +99,8 @@ class RemoteRun:
         self.state = "unknown"
         """run_state() when the watcher started: 'live', a summary status, 'died' or 'unknown'."""
         self.ended = False
+        self.end_event: ev.RunEnded | None = None
+        """The run's RunEnded, once read (its status decides an exit before the process is gone)."""
         self.last_step = 0
         self.history_loaded = threading.Event()
         """Set once the reader has caught up with the file for the first time."""
@@ -133,8 +135,16 @@ class RemoteRun:
         except ControlError as exc:
             self.note("warning", f"{command.name} not sent: {exc}")
             return
+        self.hurry()
+
+    def hurry(self, wake: bool = True) -> None:
+        """An answer (or the end) is expected any moment: look at the file every 10 ms for a while.
+
+        wake=False from a signal handler: no lock taken (the reader sees it within a poll interval).
+        """
         self._hurry_until = time.monotonic() + HURRY_SECONDS
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     @property
     def hurrying(self) -> bool:
@@ -275,6 +285,7 @@ class RemoteRun:
         for event in events:
             if isinstance(event, ev.RunEnded):
                 self.ended = True
+                self.end_event = event
             if event.step > self.last_step and not isinstance(event, ev.RunEnded):
                 self.last_step = event.step
         self.events.put_all(events)

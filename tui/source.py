@@ -372,6 +372,17 @@ class LaunchedRun(RunSource):
         if self.remote is not None:
             self.remote.first_frame.set()
 
+    def hurry(self) -> None:
+        """A signal was passed to the run: its end is expected any moment (called in a signal handler)."""
+        if self.remote is not None:
+            self.remote.hurry(wake=False)
+
+    @property
+    def end_event(self) -> ev.RunEnded | None:
+        """The run's RunEnded once read from its record: the run's work is on disk, whatever its process
+        still does while it exits."""
+        return self.remote.end_event if self.remote is not None else None
+
     def detach(self) -> None:
         """The child keeps training; the lifeline's close (when this viewer exits) no longer stops it."""
         self.detached = True
