@@ -139,6 +139,7 @@ class CommandQueue:
         self._dropped: dict[tuple[str, str], int] = {}
         self._any = False
         """Something to take or to report (read without the lock, once per step)."""
+        self._signal_stop: Stop | None = None
 
     def put(self, command: Command, source: Hashable | None = None) -> bool:
         """Queue a command; False if it was dropped (it is then answered by a `rejected` event)."""
@@ -197,7 +198,17 @@ class CommandQueue:
             self._refresh()
         return [(name, reason, n) for (name, reason), n in dropped.items()]
 
+    def put_from_signal(self, stop: Stop) -> None:
+        """A Stop from a signal handler: no lock taken, since the handler may have interrupted this very
+        thread while it held the lock (put() would then wait for itself for ever). Seen at the next step
+        boundary, or within a get() timeout while paused."""
+        self._signal_stop = stop
+        self._any = True
+
     def _take(self) -> Command | None:
+        signalled, self._signal_stop = self._signal_stop, None
+        if signalled is not None and (self._stop is None or self._stop.signal is None):
+            self._stop = signalled
         if self._stop is not None:
             command: Command | None = self._stop
             self._stop = None
@@ -210,7 +221,8 @@ class CommandQueue:
         return command
 
     def _refresh(self) -> None:
-        self._any = self._stop is not None or bool(self._items) or bool(self._dropped)
+        self._any = (self._stop is not None or self._signal_stop is not None or bool(self._items)
+                     or bool(self._dropped))
 
     def get_nowait(self) -> Command | None:
         with self._cond:
@@ -219,10 +231,10 @@ class CommandQueue:
     def get(self, timeout: float) -> Command | None:
         """Wait for a command (used while paused)."""
         with self._cond:
-            if self._stop is None and not self._items:
+            if self._stop is None and self._signal_stop is None and not self._items:
                 self._cond.wait(timeout)
             return self._take()
 
     def __len__(self) -> int:
         """Commands waiting (a pending Stop included)."""
-        return len(self._items) + (self._stop is not None)
+        return len(self._items) + (self._stop is not None or self._signal_stop is not None)

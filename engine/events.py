@@ -252,6 +252,42 @@ class RunEnded(Event):
 
 
 @dataclass(frozen=True)
+class RunSummary:
+    """How a run ended: summary.json, RunEnded.summary and what every reader makes of them, one type.
+
+    Written by the Trainer (and, for a run whose preset failed to build, by the run process); read
+    back with from_dict(), which takes any dict (a summary written by an older tuitrain, a viewer's
+    own "died") and fills what is missing, so no reader indexes a key that may not be there.
+    """
+
+    status: str
+    reason: str = ""
+    preset: str | None = None
+    device: str | None = None
+    epochs: int = 0
+    steps: int = 0
+    best_val_loss: float | None = None
+    best_epoch: int | None = None
+    final: dict[str, Any] | None = None
+    train_seconds: float = 0.0
+    steps_per_sec: float = 0.0
+    samples_per_sec: float = 0.0
+    signal: int | None = None
+    run_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "RunSummary":
+        data = data if isinstance(data, dict) else {}
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("status", "unknown")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class RunFailed(Event):
     name: ClassVar[str] = "error"
     error: str

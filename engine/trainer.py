@@ -31,7 +31,7 @@ from .boundary import BoundaryProbe, boundary_inputs
 from .diagnosis import Diagnostician, Finding
 from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointSaved, CommandRejected, EarlyStop,
                      EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
-                     RunEnded, RunFailed, RunStarted, Sample, SchedulePreview, StepStats, Stopped)
+                     RunEnded, RunFailed, RunStarted, RunSummary, Sample, SchedulePreview, StepStats, Stopped)
 from .layer_health import LayerHealth
 from .resources import ProcessProbe
 from .rundir import RunDir, read_history
@@ -1100,19 +1100,10 @@ class Trainer:
             final = {"epoch": last.epoch, "step": last.step, "train_loss": last.train_loss,
                      f"train_{last.metric}": last.train_metric, "val_loss": last.val_loss,
                      f"val_{last.metric}": last.val_metric}
-        return {
-            "status": status,
-            "reason": reason,
-            "preset": self.preset.name,
-            "device": str(self.device),
-            "epochs": self.epoch,
-            "steps": self.step,
-            "best_val_loss": self.best_val_loss if math.isfinite(self.best_val_loss) else None,
-            "best_epoch": self.best_epoch,
-            "final": final,
-            "train_seconds": round(self._train_seconds, 3),
-            "steps_per_sec": round(self._session_steps / seconds, 2),
-            "samples_per_sec": round(self._session_samples / seconds, 2),
-            "signal": signal,
-            "run_dir": str(self.rundir.path),
-        }
+        return RunSummary(
+            status=status, reason=reason, preset=self.preset.name, device=str(self.device), epochs=self.epoch,
+            steps=self.step, best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
+            best_epoch=self.best_epoch, final=final, train_seconds=round(self._train_seconds, 3),
+            steps_per_sec=round(self._session_steps / seconds, 2),
+            samples_per_sec=round(self._session_samples / seconds, 2), signal=signal,
+            run_dir=str(self.rundir.path)).to_dict()

@@ -171,33 +171,61 @@ def test_sighup_ignored_by_nohup_stays_ignored(tmp_path: Path) -> None:
 def test_a_repeated_sighup_is_the_same_hangup_not_a_kill() -> None:
     """One dropped connection can deliver SIGHUP more than once: one Stop, and the process lives on
     to save (before: the second one killed it at once, leaving no summary and a stale socket)."""
-    import queue
     import signal as sig
 
+    from tuitrain.engine.commands import CommandQueue
     from tuitrain.tui.run_process import SignalRelay
 
-    commands: queue.SimpleQueue = queue.SimpleQueue()
+    commands = CommandQueue()
     relay = SignalRelay()
     relay.attach(commands)
     relay._handle(sig.SIGHUP, None)
     relay._handle(sig.SIGHUP, None)  # the old rule would os.kill() this very process here
     relay.terminal_lost()  # and the terminal found gone afterwards: still the same hangup
-    stops = [commands.get_nowait() for _ in range(commands.qsize())]
+    stops = [commands.get_nowait() for _ in range(len(commands))]
     assert len(stops) == 1 and stops[0].signal == sig.SIGHUP and relay.received == sig.SIGHUP
+    assert commands.get_nowait() is None
 
 
 def test_a_lost_terminal_is_a_hangup_even_without_sighup() -> None:
-    import queue
     import signal as sig
 
+    from tuitrain.engine.commands import CommandQueue
     from tuitrain.tui.run_process import SignalRelay
 
-    commands: queue.SimpleQueue = queue.SimpleQueue()
+    commands = CommandQueue()
     relay = SignalRelay()
     relay.attach(commands)
     relay.terminal_lost()
     stop = commands.get_nowait()
     assert stop.signal == sig.SIGHUP and relay.received == sig.SIGHUP
+
+
+def test_a_signal_that_lands_while_the_queue_is_locked_still_stops_the_run() -> None:
+    """Found as a rare hang of a paused headless run: the handler ran in the thread that held the
+    queue's lock (inside get()), and put() waited for that lock for ever."""
+    import signal as sig
+    import threading
+
+    from tuitrain.engine.commands import CommandQueue, Pause
+    from tuitrain.tui.run_process import SignalRelay
+
+    commands = CommandQueue()
+    relay = SignalRelay()
+    relay.attach(commands)
+    commands.put(Pause())
+    handled = threading.Event()
+
+    def engine_thread_holding_the_lock() -> None:
+        with commands._cond:  # as if the signal interrupted this thread inside get()
+            relay._handle(sig.SIGTERM, None)
+            handled.set()
+
+    threading.Thread(target=engine_thread_holding_the_lock, daemon=True).start()
+    assert handled.wait(5), "the signal handler waited for a lock its own thread held"
+    assert commands.pending()
+    stop = commands.get_nowait()  # the stop jumps the queue
+    assert stop.signal == sig.SIGTERM and isinstance(commands.get_nowait(), Pause)
 
 
 def test_output_to_a_dead_terminal_does_not_turn_the_exit_status_into_120(tmp_path) -> None:

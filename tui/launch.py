@@ -26,6 +26,7 @@ import tempfile
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
+from tuitrain.engine.events import RunSummary
 from tuitrain.engine.rundir import exit_status
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
         end = source.end_event
         if source.detached or end is None:
             return 0 if source.detached else 1
-        return exit_status(end.status, end.summary.get("signal") if isinstance(end.summary, dict) else None)
+        return exit_status(end.status, RunSummary.from_dict(end.summary).signal)
 
     def hangup_leaves() -> None:
         """--on-hangup detach: the run stays as it is (the forwarded SIGHUP told it so); this viewer goes."""

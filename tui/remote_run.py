@@ -254,14 +254,15 @@ class RemoteRun:
         if state in END_STATUSES and isinstance(summary, dict):
             self.note("info", f"the run ended ({state}) without its final record in metrics.jsonl; "
                               "showing its summary")
-            end = ev.RunEnded(int(summary.get("steps") or self.last_step), time.time(), status=state,
-                              summary=summary)
+            known = ev.RunSummary.from_dict(summary)
+            end = ev.RunEnded(known.steps or self.last_step, time.time(), status=state, summary=known.to_dict())
         else:
             reason = f"the run's process died at step {self.last_step:,} without a summary"
             self.note("error", reason + f" (see {self.run_dir / 'output.log'}; "
                                         f"tuitrain --resume {self.run_dir} continues from its last checkpoint)")
             end = ev.RunEnded(self.last_step, time.time(), status="died",
-                              summary={"reason": reason, "steps": self.last_step, "steps_per_sec": 0})
+                              summary=ev.RunSummary("died", reason, steps=self.last_step,
+                                                    run_dir=str(self.run_dir)).to_dict())
         self._push([end])
         return True
 

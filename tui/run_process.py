@@ -346,6 +346,7 @@ class PreparedRun:
 
         from tuitrain.engine import checkpoint as ckpt
         from tuitrain.engine.config import ConfigError
+        from tuitrain.engine.events import RunSummary
         from tuitrain.engine.rundir import RunDir
         from tuitrain.engine.trainer import PRESET_FAILURES, Trainer, failure_text
 
@@ -359,9 +360,8 @@ class PreparedRun:
             rundir = RunDir(self.run_dir)
             try:
                 rundir.write_error(tb)
-                rundir.write_json("summary.json", {
-                    "status": "failed", "reason": reason, "preset": self.preset.name,
-                    "steps": 0, "epochs": 0, "run_dir": str(self.run_dir)})
+                rundir.write_json("summary.json", RunSummary(
+                    status="failed", reason=reason, preset=self.preset.name, run_dir=str(self.run_dir)).to_dict())
             except OSError:
                 pass
             print(f"tuitrain: the preset failed while building its data or model: {reason} "
@@ -444,9 +444,9 @@ class SignalRelay:
         self.received = signum
         if signum == getattr(signal, "SIGHUP", None) and self.on_hangup == "detach":
             self.detach_requested = True
-            self.commands.put(Stop(reason="detached on SIGHUP (the terminal closed)", signal=signum))
+            self.commands.put_from_signal(Stop(reason="detached on SIGHUP (the terminal closed)", signal=signum))
             return
-        self.commands.put(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
+        self.commands.put_from_signal(Stop(reason=f"received {signal.Signals(signum).name}", signal=signum))
 
     def terminal_lost(self) -> None:
         """The terminal went away without a SIGHUP reaching us (a wrapper caught or ignored it): a hangup."""

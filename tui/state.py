@@ -253,7 +253,7 @@ class DashboardState:
             self._say(e, "error", line)
 
     def _on_RunEnded(self, e: ev.RunEnded) -> None:
-        self.end_status, self.end_signal = e.status, e.summary.get("signal")
+        self.end_status, self.end_signal = e.status, ev.RunSummary.from_dict(e.summary).signal
         if self.process is not None:
             self.process = None  # the numbers of a process that is gone would read as current
             self.dirty.add("process")

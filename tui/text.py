@@ -17,20 +17,22 @@ def size_text(n: float) -> str:
 
 def final_lines(e: ev.RunEnded, metric: str) -> list[tuple[str, bool]]:
     """What a run prints when it ends, as (line, to stderr): headless, and the dashboard once it closed."""
-    s = e.summary
-    line = (f"{e.status}: {_count(s['epochs'], 'epoch')}, {_count(s['steps'], 'step')} in {s['train_seconds']:.1f} s "
-            f"({s['steps_per_sec']:,.0f} steps/s)")
-    if s.get("best_val_loss") is not None:
-        line += f" | best val {s['best_val_loss']:.4f} (epoch {s['best_epoch']})"
-    final = s.get("final") or {}
-    value = final.get(f"val_{metric}")
+    s = ev.RunSummary.from_dict(e.summary)
+    failed = e.status in ("failed", "died")
+    line = (f"{e.status}: {_count(s.epochs, 'epoch')}, {_count(s.steps, 'step')} in {s.train_seconds:.1f} s "
+            f"({s.steps_per_sec:,.0f} steps/s)")
+    if s.best_val_loss is not None:
+        line += f" | best val {s.best_val_loss:.4f} (epoch {s.best_epoch})"
+    value = (s.final or {}).get(f"val_{metric}")
     if value is not None:
         line += f" | val {metric} {value:.4f}"
-    out = [(line, e.status == "failed")]
+    out = [(line, failed)]
     if e.status == "failed":
-        out.append((f"error: {s['reason']} (details in {s['run_dir']}/error.txt)"
-                    if "error.txt" not in s["reason"] else f"error: {s['reason']}", True))
-    out.append((f"run dir: {s['run_dir']}", False))
+        out.append((f"error: {s.reason} (details in {s.run_dir}/error.txt)"
+                    if "error.txt" not in s.reason else f"error: {s.reason}", True))
+    elif e.status == "died":
+        out.append((f"error: {s.reason}", True))
+    out.append((f"run dir: {s.run_dir}", False))
     return out
 
 

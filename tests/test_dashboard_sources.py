@@ -1,0 +1,98 @@
+"""The same keys, the same answers, over both sources the dashboard can drive for its own run.
+
+`attached`: the default shape, a real child process started by tui/launch.py
+(LaunchedRun); `in-process`: the engine in the app's worker thread
+(InProcessRun, --in-process). Each test presses the keys a user presses and
+asserts the run's answer in its run directory and on the screen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from dashboard_helpers import (DEADLINE, FakeSampler, long_cfg, long_preset, run_async, step_records, until,
+                               wait_event, wait_exit, wait_running)
+
+
+@contextlib.asynccontextmanager
+async def dashboard_over(kind: str, tmp_path: Path) -> AsyncIterator[tuple[Any, Any, Path]]:
+    from tuitrain.tui.app import TuitrainApp
+
+    run_dir = tmp_path / "run"
+    if kind == "attached":
+        from tuitrain.tui.launch import start_child
+        from tuitrain.tui.source import LaunchedRun
+
+        proc, lifeline, _out = start_child(["--preset", "circles", "--epochs", "100000", "--run-dir", str(run_dir)])
+        source: Any = LaunchedRun(proc, lifeline)
+    else:
+        from tuitrain.engine.trainer import Trainer
+        from tuitrain.tui.source import InProcessRun
+
+        proc = None
+        source = InProcessRun(Trainer(long_cfg(run_dir=str(run_dir)), long_preset(), run_dir))
+    app = TuitrainApp(source, sampler=FakeSampler())
+    try:
+        async with app.run_test(size=(120, 40)) as pilot:
+            yield app, pilot, run_dir
+    finally:
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(60)
+        elif not source.done.is_set():
+            from tuitrain.engine.commands import Stop
+
+            source.send(Stop(reason="test cleanup"))
+            source.done.wait(60)
+
+
+@pytest.mark.parametrize("kind", ["attached", "in-process"])
+def test_pause_lr_save_stop_quit_answer_the_same_over_both_sources(kind: str, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
+            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+            await wait_running(pilot, app, run_dir)
+            await pilot.press("p")
+            await wait_event(pilot, run_dir, "paused")
+            await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED on screen")
+            await pilot.press("l")
+            await pilot.press(*"0.003", "enter")
+            change = (await wait_event(pilot, run_dir, "lr_changed"))[0]
+            assert change["new_lr"] == pytest.approx(0.003)
+            await pilot.press("s")
+            saved = (await wait_event(pilot, run_dir, "checkpoint", where=lambda r: r["reason"] == "manual"))[0]
+            assert (run_dir / "checkpoints" / f"step-{saved['step']}.pt").is_file()
+            await pilot.press("p")
+            await wait_event(pilot, run_dir, "resumed")
+            await until(pilot, lambda: [r for r in step_records(run_dir) if r["step"] > change["step"]],
+                        "steps after the LR change")
+            used = [r["lr"] for r in step_records(run_dir) if r["step"] > change["step"]]
+            assert used and all(lr == pytest.approx(0.003) for lr in used)  # the LR the optimizer used
+            await pilot.press("x")
+            await until(pilot, lambda: app.state.status == "STOPPED", "STOPPED on screen")
+            assert app.check_action("set_lr", ()) is None  # greyed out once the run ended
+            await pilot.press("q")
+            await wait_exit(pilot, app)
+        assert app.return_code == 0
+
+    run_async(body)
+
+
+@pytest.mark.parametrize("kind", ["attached", "in-process"])
+def test_q_while_training_stops_and_saves_first_over_both_sources(kind: str, tmp_path: Path) -> None:
+    async def body() -> None:
+        async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
+            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+            await pilot.press("q")
+            await wait_exit(pilot, app, DEADLINE * 2)
+            stopped = await wait_event(pilot, run_dir, "stopped")
+            assert "quit from the dashboard" in stopped[0]["reason"]
+        assert app.return_code == 0
+        assert (run_dir / "checkpoints" / "latest.pt").is_file()
+
+    run_async(body)
