@@ -9,6 +9,7 @@ see every event synchronously.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,13 @@ from tuitrain.engine.config import RunConfig
 from tuitrain.engine.rundir import read_metrics
 from tuitrain.engine.trainer import RunResult, Trainer
 from tuitrain.presets.base import Data, Preset
+
+#: TUITRAIN_SLOW=1 runs the long sweeps, fuzz loops and stress runs at their full size; the default
+#: suite (what a developer runs before a commit) keeps a short case of each. One switch for all tests.
+SLOW = os.environ.get("TUITRAIN_SLOW") == "1"
+
+#: Marks a parametrization case that only TUITRAIN_SLOW=1 runs (more of a sweep the default run samples).
+only_slow = pytest.mark.skipif(not SLOW, reason="the full sweep runs with TUITRAIN_SLOW=1")
 
 #: log_interval for most tests: no timed flush inside an epoch, so the step
 #: records do not depend on how fast the machine is (flushes then happen only

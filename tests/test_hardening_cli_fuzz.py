@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cli_helpers import in_process
+from conftest import SLOW
 
 from tuitrain.engine.config import AMP_DTYPES, ON_NAN, OPTIMIZERS, SCHEDULERS
 from tuitrain.tui.cli import ON_HANGUP, build_parser
@@ -129,7 +130,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=1000 if SLOW else 200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow,
                                                                    HealthCheck.filter_too_much])
 @given(bad=bad_arguments)

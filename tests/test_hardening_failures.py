@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import metrics, read_json, tuitrain, write_preset
+from conftest import SLOW
 
 from tuitrain.engine import checkpoint as ckpt
 
@@ -117,6 +118,8 @@ def test_user_code_raising_mid_run_headless_fails_with_its_line_and_keeps_the_ch
     names = [r["event"] for r in metrics(R) if r.get("kind") == "event"]
     assert names.count("error") == 1 and names[-1] == "ended"
     assert not list(R.rglob("*.tmp"))
+    if where != "model" and not SLOW:
+        return  # the resume below is the same checkpoint contract for every case: one in the default run
     # The kept checkpoint resumes (with the bug fixed, the run would go on from epoch 1).
     fixed = write_preset(tmp_path, f"fail_{where}.py", FAILING.format(where="nowhere"))
     assert fixed == preset

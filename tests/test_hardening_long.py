@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import gc
-import os
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from conftest import classifier_preset, make_cfg
+from conftest import SLOW, classifier_preset, make_cfg
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.rundir import read_metrics
@@ -128,7 +127,7 @@ def test_60k_steps_keep_memory_bounded_and_the_record_valid(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("TUITRAIN_SLOW"), reason="minutes long: set TUITRAIN_SLOW=1")
+@pytest.mark.skipif(not SLOW, reason="minutes long: set TUITRAIN_SLOW=1")
 def test_a_million_steps_keep_memory_bounded_and_the_record_valid(tmp_path: Path) -> None:
     _long_run(tmp_path, 1_000_000)
 

@@ -8,12 +8,12 @@ the engine's answers prove a refused value never reached the run.
 from __future__ import annotations
 
 import math
-import os
 import random
 from pathlib import Path
 
 import pytest
 
+from conftest import SLOW
 from dashboard_helpers import (dashboard, events_named, long_cfg, make_trainer, run_async, step_records, until,
                                wait_running)
 from tuitrain.tui.screens.lr_dialog import LRDialog
@@ -43,7 +43,7 @@ def _inputs(n: int, seed: int) -> list[str]:
 
 def test_generated_lr_input_in_the_live_dialog_only_valid_values_reach_the_run(tmp_path: Path) -> None:
     R = tmp_path / "run"
-    texts = _inputs(40 if os.environ.get("TUITRAIN_SLOW") else 16, seed=5)  # CI time; 40 with TUITRAIN_SLOW=1
+    texts = _inputs(40 if SLOW else 12, seed=5)  # the 10 fixed inputs and generated ones; 40 with TUITRAIN_SLOW=1
     accepted: list[float] = []
 
     async def body() -> None:

@@ -8,7 +8,6 @@ that the server still greets a new watcher and takes a valid command from it.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -22,9 +21,8 @@ from tuitrain.engine.commands import (MAX_PENDING, MAX_PER_SOURCE, CommandQueue,
                                       SetLR, Stop, TogglePause)
 from tuitrain.engine.control import MAX_LINE, MAX_REASON, SOCKET_NAME, ControlClient, ControlServer
 
-from conftest import classifier_preset, make_cfg, start, wait_until
+from conftest import SLOW, classifier_preset, make_cfg, start, wait_until
 
-SLOW = os.environ.get("TUITRAIN_SLOW") == "1"
 HUGE = 10 ** 309  # past the float range: float(HUGE) raises OverflowError
 
 

@@ -1,7 +1,7 @@
-"""The terminal is resized 100 times quickly while training: no crash, the layout settles.
+"""The terminal is resized quickly while training: no crash, the layout settles.
 
-In a real terminal (tmux resize-window sends SIGWINCH to the dashboard) and
-under the Pilot. Sizes go from far too small (12x4) to very large (250x80).
+In a real terminal (tmux resize-window sends SIGWINCH to the dashboard; 30 times, 100 with
+TUITRAIN_SLOW=1) and under the Pilot (30 times). Sizes go from far too small (12x4) to very large (250x80).
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import pytest
 
 from cli_helpers import read_json
 
+from conftest import SLOW
+
 from tuitrain.engine import checkpoint as ckpt
 
-RESIZES = 100
+#: The fixed sizes below and random ones after them; TUITRAIN_SLOW=1 resizes 100 times.
+RESIZES = 100 if SLOW else 30
 
 
 def _sizes(seed: int) -> list[tuple[int, int]]:
@@ -74,7 +77,7 @@ def test_a_resize_storm_under_the_pilot_keeps_training_and_steering(tmp_path: Pa
         trainer = make_trainer(tmp_path)
         async with dashboard(trainer) as (app, pilot, sampler):
             await wait_running(pilot, app, R)
-            for w, h in _sizes(2)[:30]:  # the tmux test above does all 100; Pilot settles each (slow)
+            for w, h in _sizes(2)[:30]:  # Pilot settles each (slow): 30 here
                 await pilot.resize_terminal(w, h)
             await pilot.resize_terminal(120, 40)
             await ticks(pilot, sampler, 3)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import Proc, read_json, reset_sighup, write_preset
+from conftest import only_slow
 
 from tuitrain.engine import checkpoint as ckpt
 from tuitrain.engine.rundir import read_metrics
@@ -26,6 +27,12 @@ pytestmark = [pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals"
 
 SIGNALS = [(signal.SIGHUP, 129), (signal.SIGTERM, 143), (signal.SIGINT, 130)]
 IDS = ["SIGHUP", "SIGTERM", "SIGINT"]
+#: The dashboard cases of the default run: every signal once, each state at least once (each case
+#: starts the dashboard in tmux, ~8 s); TUITRAIN_SLOW=1 runs all six.
+DEFAULT_DASHBOARD = {("SIGHUP", "lr-dialog"), ("SIGTERM", "paused"), ("SIGINT", "paused")}
+DASHBOARD_CASES = [pytest.param(sig, code, where, id=f"{name}-{where}",
+                                marks=() if (name, where) in DEFAULT_DASHBOARD else only_slow)
+                   for (sig, code), name in zip(SIGNALS, IDS) for where in ("paused", "lr-dialog")]
 
 
 def _events(R: Path) -> list[dict]:
@@ -49,8 +56,7 @@ def _assert_saved_and_interrupted(R: Path, sig: signal.Signals) -> dict:
 # -- the dashboard in tmux ---------------------------------------------------------------------
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-@pytest.mark.parametrize("where", ["paused", "lr-dialog"])
-@pytest.mark.parametrize("sig,code", SIGNALS, ids=IDS)
+@pytest.mark.parametrize("sig,code,where", DASHBOARD_CASES)
 def test_signal_to_the_dashboard_while_paused_or_in_the_lr_dialog(tmp_path: Path, where: str,
                                                                   sig: signal.Signals, code: int) -> None:
     from test_dashboard_tmux import (DEADLINE, START_DEADLINE, Tmux, assert_terminal_restored, script,
