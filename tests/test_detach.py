@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import only_slow
 from cli_helpers import CIRCLES_STEPS_PER_EPOCH, assert_usage_error, in_process
 from test_dashboard_tmux import START_DEADLINE, Tmux, script, wait_file
 from test_watch import kill, wait_for
@@ -84,7 +85,7 @@ def _assert_kept_training(R: Path, dashboard_pid: int | None, epochs: int) -> in
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 @pytest.mark.skipif(sys.platform != "linux", reason="POSIX signals and a real terminal")
-@pytest.mark.parametrize("how", ["d key", "SIGHUP"])
+@pytest.mark.parametrize("how", ["d key", pytest.param("SIGHUP", marks=only_slow)])  # SIGHUP: also test_launch.py
 def test_detaching_the_dashboard_leaves_the_same_run_process_training(tmp_path: Path, how: str) -> None:
     R = tmp_path / "R"
     epochs = 100
