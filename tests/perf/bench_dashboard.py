@@ -280,11 +280,19 @@ async def _key_latency(presses: int) -> list[float]:
                     await pilot.pause(0.05)
                 for _ in range(presses):
                     want = "RUNNING" if app.state.status == "PAUSED" else "PAUSED"
+                    shown: list[float] = []
+
+                    async def watch(want: str = want, shown: list[float] = shown) -> None:
+                        # Its own task: Pilot's press() returns only once the app looks idle (up to 1 s).
+                        while app.state.status != want:
+                            await asyncio.sleep(0.002)  # wait-ok: poll interval inside a condition wait
+                        shown.append(time.perf_counter())
+
+                    watcher = asyncio.ensure_future(watch())
                     t0 = time.perf_counter()
                     await pilot.press("p")
-                    while app.state.status != want:
-                        await asyncio.sleep(0.002)  # wait-ok: poll interval inside a condition wait
-                    latencies.append(time.perf_counter() - t0)
+                    await asyncio.wait_for(watcher, 30)
+                    latencies.append(shown[0] - t0)
                     await pilot.pause(0.1)
                 await pilot.press("q")
                 deadline = time.monotonic() + 60
