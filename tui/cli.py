@@ -147,8 +147,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     preset left threads running), or a call with an argument list (tests)."""
     rc = _run(argv)
     if argv is None:
+        if _viewer_only:
+            _exit_now(rc)
         _exit_despite_stray_threads(rc)
     return rc
+
+
+#: This process was only the dashboard of a run in another process (tui/launch.py): it holds no
+#: work of its own, so it leaves without Python's teardown of Textual and its threads (d returns
+#: the shell that much sooner).
+_viewer_only = False
+
+
+def _exit_now(rc: int) -> None:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(rc)
 
 
 #: Seconds a thread left running by the preset gets to finish after the run ended.
@@ -243,6 +260,8 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         # The dashboard: the run trains in a child process that it starts; this one never imports torch.
         from tuitrain.tui.launch import run_attached
         relay.restore()
+        global _viewer_only
+        _viewer_only = True
         return run_attached(argv, on_hangup=relay.on_hangup)
     if lifeline is not None:
         lifeline.say(phase="importing torch")
