@@ -29,8 +29,10 @@ INT_FLAGS = {"--epochs": 1, "--batch-size": 1, "--accumulate": 1, "--threads": 1
 FLOAT_FLAGS = {"--lr": False, "--momentum": True, "--weight-decay": True, "--warmup": True, "--grad-clip": True}
 CHOICE_FLAGS = {"--optimizer": OPTIMIZERS, "--scheduler": SCHEDULERS, "--amp-dtype": AMP_DTYPES, "--on-nan": ON_NAN,
                 "--on-hangup": ON_HANGUP}
-SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--list-presets", "--detach", "--for-watchers"]
-OTHER = ["--preset", "--resume", "--run-dir", "--device"]
+SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--list-presets", "--detach", "--for-watchers",
+            "--in-process"]
+#: --lifeline FD is how a dashboard hands its child the socket (tests/test_launch.py); its own test is below.
+OTHER = ["--preset", "--resume", "--run-dir", "--device", "--lifeline"]
 
 TRIED = {"examples": 0}
 
@@ -39,6 +41,17 @@ def test_the_lists_above_cover_every_flag_of_the_parser() -> None:
     parser = build_parser()
     flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
     assert flags == set(INT_FLAGS) | set(FLOAT_FLAGS) | set(CHOICE_FLAGS) | set(SWITCHES) | set(OTHER)
+
+
+@pytest.mark.parametrize("fd", ["0", "1", "2", "-1", "99999", "x"])
+def test_a_lifeline_that_is_not_a_socket_of_ours_is_one_line_and_exit_2(fd: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli_helpers import in_process
+
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = in_process("--preset", "circles", "--headless", "--lifeline", fd)
+    assert rc == 2 and err.startswith("tuitrain: error:") and "--lifeline" in err and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def _parses_as_int(text: str) -> bool:

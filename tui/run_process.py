@@ -37,8 +37,16 @@ def lifeline_end(fd: int | None, relay: "SignalRelay") -> Any:
     """The run's end of the lifeline to the dashboard that started it (tui/lifeline.py), watched from now on."""
     if fd is None:
         return None
+    import stat
+
     from tuitrain.tui.lifeline import RunEnd
 
+    try:
+        is_socket = fd > 2 and stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except (OSError, OverflowError):
+        is_socket = False
+    if not is_socket:  # never take over stdio or a file as if it were the dashboard's socket
+        raise UsageError(f"--lifeline {fd}: not the socket of a dashboard (it is passed by tuitrain itself)")
     try:
         end = RunEnd(fd)
     except OSError as exc:
