@@ -88,7 +88,7 @@ def _assert_kept_training(R: Path, dashboard_pid: int | None, epochs: int) -> in
 @pytest.mark.parametrize("how", ["d key", pytest.param("SIGHUP", marks=only_slow)])  # SIGHUP: also test_launch.py
 def test_detaching_the_dashboard_leaves_the_same_run_process_training(tmp_path: Path, how: str) -> None:
     R = tmp_path / "R"
-    epochs = 100
+    epochs = 40  # long enough to press d mid-run, short enough to wait for its end
     args = ["--preset", "circles", "--epochs", str(epochs), "--run-dir", "R"]
     if how == "SIGHUP":
         args += ["--on-hangup", "detach"]

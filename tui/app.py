@@ -337,7 +337,8 @@ class TuitrainApp(App[int]):
     def _hurry(self) -> None:
         if not self.is_running:
             return
-        self.drain()
+        if self.source.pending():
+            self.drain()
         if time.monotonic() < self._hurry_until:
             self.set_timer(HURRY_INTERVAL, self._hurry)
 

@@ -68,6 +68,10 @@ class RunSource:
     def drain(self) -> list[ev.Event]:
         raise NotImplementedError
 
+    def pending(self) -> bool:
+        """Anything to drain (cheap: asked 50 times a second while an answer is awaited)."""
+        return True
+
     def send(self, command: Command) -> None:
         raise NotImplementedError
 
@@ -161,6 +165,9 @@ class InProcessRun(RunSource):
     def drain(self) -> list[ev.Event]:
         return self.trainer.events.drain()
 
+    def pending(self) -> bool:
+        return len(self.trainer.events) > 0 or bool(self._notes)
+
     def send(self, command: Command) -> None:
         self.trainer.commands.put(command)
 
@@ -220,6 +227,9 @@ class WatchedRun(RunSource):
 
     def drain(self) -> list[ev.Event]:
         return self.remote.events.drain()
+
+    def pending(self) -> bool:
+        return len(self.remote.events) > 0 or bool(self.remote.notes) or bool(self._notes)
 
     def take_notes(self) -> list[LogLine]:
         out = super().take_notes()
@@ -348,6 +358,10 @@ class LaunchedRun(RunSource):
         if self._phase is not None and any(isinstance(e, ev.StepStats) for e in events):
             self._phase = None
         return events
+
+    def pending(self) -> bool:
+        remote = self.remote
+        return remote is None or len(remote.events) > 0 or bool(remote.notes) or bool(self._notes)
 
     def take_notes(self) -> list[LogLine]:
         out = super().take_notes()
