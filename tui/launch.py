@@ -193,6 +193,18 @@ def startup_output(out: Any) -> str:
         return ""
 
 
+#: How much lower the dashboard's CPU priority is than its run's (os.nice): where the cores are busy,
+#: the training gets them first; an idle core still paints the dashboard at once.
+VIEWER_NICE = 5
+
+
+def _yield_to_the_run() -> None:
+    try:
+        os.nice(VIEWER_NICE)
+    except (OSError, AttributeError):
+        pass  # not allowed here, or not POSIX: the dashboard just keeps its priority
+
+
 def _returncode(code: int | None) -> int:
     if code is None:
         return 1
@@ -205,6 +217,7 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
     from tuitrain.tui.source import LaunchedRun
 
     proc, lifeline, out = start_child(args)
+    _yield_to_the_run()
     source = LaunchedRun(proc, lifeline, startup_output=lambda: startup_output(out))
     if make_app is None:
         from tuitrain.tui.app import TuitrainApp
