@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from conftest import wait_until
 from tuitrain.engine.rundir import read_metrics
@@ -181,3 +185,44 @@ def test_bad_input_found_by_the_run_is_one_line_and_its_exit_status(tmp_path: Pa
     assert report(out)["rc"] == 2, (out, err)
     lines = [line for line in err.splitlines() if line.startswith("tuitrain: error:")]
     assert len(lines) == 1 and "cuda" in lines[0], err
+
+
+#: The dashboard of `tuitrain --preset ...` with one bug planted in its own code (in this process only:
+#: the run it starts is the unchanged `python -m tuitrain.tui.cli`).
+CRASHING_DASHBOARD = """
+import sys
+import tuitrain.tui.app as app
+
+drain = app.TuitrainApp.drain
+
+def buggy(self):
+    drain(self)
+    if self.state.step >= 50:
+        raise RuntimeError("a bug in the dashboard")
+
+app.TuitrainApp.drain = buggy
+from tuitrain.tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_crash_in_a_real_terminal_restores_it_and_the_run_trains_on(tmp_path: Path) -> None:
+    from test_dashboard_tmux import START_DEADLINE, Tmux, assert_terminal_restored
+
+    (tmp_path / "crash.py").write_text(CRASHING_DASHBOARD)
+    command = " ".join(shlex.quote(a) for a in (sys.executable, "crash.py", *LONG, "--run-dir", "R"))
+    tmux = Tmux(tmp_path, f"cd {shlex.quote(str(tmp_path))}\n{command}\necho EXIT=$?\nexec sh -i\n")
+    R = tmp_path / "R"
+    pid = None
+    try:
+        screen = tmux.wait_text("EXIT=", START_DEADLINE)
+        pid = run_pid(R)
+        assert pid is not None and alive(pid)
+        assert "EXIT=1" in screen and f"the run keeps training (pid {pid}): tuitrain watch R" in screen, screen
+        assert_terminal_restored(tmux, "EXIT=1")
+        at_crash = last_step(R)
+        wait_until(lambda: last_step(R) > at_crash + 50, DEADLINE, "the run to keep training")
+    finally:
+        tmux.kill()
+        end_run(pid)
