@@ -96,3 +96,36 @@ def test_q_while_training_stops_and_saves_first_over_both_sources(kind: str, tmp
         assert (run_dir / "checkpoints" / "latest.pt").is_file()
 
     run_async(body)
+
+
+@pytest.mark.parametrize("kind", ["attached", "in-process"])
+def test_footer_help_and_palette_offer_the_same_keys_over_both_sources(kind: str, tmp_path: Path) -> None:
+    from test_dashboard_newuser import footer_row
+
+    from tuitrain.tui.screens.help_screen import HelpScreen
+    from dashboard_helpers import screen_text
+
+    async def body() -> None:
+        async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
+            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+            await until(pilot, lambda: "d Detach" in footer_row(app), "the footer with d")
+            footer = footer_row(app)
+            for key in ("p Pause", "l LR", "s Save", "x Stop", "d Detach", "q Quit", "? Help"):
+                assert key in footer, (key, footer)
+            titles = [c.title for c in app.get_system_commands(app.screen)]
+            assert "Detach" in titles and "Quit tuitrain" in titles and "Set learning rate" in titles, titles
+            assert len(titles) == len(set(titles))
+            await pilot.press("question_mark")
+            await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help")
+            text = screen_text(app.screen)
+            assert "the run keeps training in the background" in text and "stops and saves first" in text
+            assert "read-only" not in text
+            await pilot.press("escape")
+            await pilot.press("p")
+            await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED")
+            await until(pilot, lambda: "p Resume" in footer_row(app), "p Resume in the footer")
+            await pilot.press("q")
+            await wait_exit(pilot, app, DEADLINE * 2)
+        assert app.return_code == 0
+
+    run_async(body)
