@@ -586,3 +586,10 @@ def run_state(run_dir: str | os.PathLike[str]) -> str:
     if alive is None:
         return "died" if probe == "stale" else "unknown"
     return "unknown" if alive else "died"
+
+
+def process_status(returncode: int | None) -> int:
+    """A finished child's Popen returncode as a shell reports it: killed by signal N is 128+N."""
+    if returncode is None:
+        return 1
+    return returncode if returncode >= 0 else 128 - returncode

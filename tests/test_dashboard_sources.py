@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from dashboard_helpers import (DEADLINE, FakeSampler, long_cfg, long_preset, run_async, step_records, until,
-                               wait_event, wait_exit, wait_running)
+                               wait_event, wait_exit)
 
 
 @contextlib.asynccontextmanager
@@ -51,12 +51,16 @@ async def dashboard_over(kind: str, tmp_path: Path) -> AsyncIterator[tuple[Any, 
             source.done.wait(60)
 
 
+async def training(pilot: Any, app: Any) -> None:
+    """A few steps shown RUNNING (an attached run first imports torch and builds its model: allow longer)."""
+    await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+
+
 @pytest.mark.parametrize("kind", ["attached", "in-process"])
 def test_pause_lr_save_stop_quit_answer_the_same_over_both_sources(kind: str, tmp_path: Path) -> None:
     async def body() -> None:
         async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
-            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
-            await wait_running(pilot, app, run_dir)
+            await training(pilot, app)
             await pilot.press("p")
             await wait_event(pilot, run_dir, "paused")
             await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED on screen")
@@ -87,7 +91,7 @@ def test_pause_lr_save_stop_quit_answer_the_same_over_both_sources(kind: str, tm
 def test_q_while_training_stops_and_saves_first_over_both_sources(kind: str, tmp_path: Path) -> None:
     async def body() -> None:
         async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
-            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+            await training(pilot, app)
             await pilot.press("q")
             await wait_exit(pilot, app, DEADLINE * 2)
             stopped = await wait_event(pilot, run_dir, "stopped")
@@ -107,7 +111,7 @@ def test_footer_help_and_palette_offer_the_same_keys_over_both_sources(kind: str
 
     async def body() -> None:
         async with dashboard_over(kind, tmp_path) as (app, pilot, run_dir):
-            await until(pilot, lambda: app.state.step >= 3 and app.state.status == "RUNNING", "steps", DEADLINE * 3)
+            await training(pilot, app)
             await until(pilot, lambda: "d Detach" in footer_row(app), "the footer with d")
             footer = footer_row(app)
             for key in ("p Pause", "l LR", "s Save", "x Stop", "d Detach", "q Quit", "? Help"):

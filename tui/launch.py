@@ -27,7 +27,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tuitrain.engine.events import RunSummary
-from tuitrain.engine.rundir import exit_status
+from tuitrain.engine.rundir import exit_status, process_status
+from tuitrain.tui.run_process import StopSignals
 
 if TYPE_CHECKING:
     from tuitrain.tui.app import TuitrainApp
@@ -118,29 +119,16 @@ def _print_final(end: Any, metric: str, hung_up: bool) -> None:
 
 # -- the attached shape (default) ---------------------------------------------------------------
 
-class SignalForwarder:
+class SignalForwarder(StopSignals):
     """SIGINT/SIGTERM/SIGHUP on the dashboard go to the run, which keeps their meaning (save, 128+N).
 
-    A signal the parent set to be ignored (nohup ignores SIGHUP) stays ignored;
-    a terminal that went away counts as SIGHUP all the same.
+    A terminal that went away counts as SIGHUP all the same.
     """
 
-    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
-
     def __init__(self, pid: int, on_forward: Callable[[], None] | None = None) -> None:
+        super().__init__()
         self.pid = pid
         self.on_forward = on_forward
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> "SignalForwarder":
-        for sig in self.SIGNALS:
-            current = signal.getsignal(sig)
-            if current is signal.SIG_IGN:
-                continue
-            self._previous[sig] = current
-            signal.signal(sig, self._handle)
-        return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == HANGUP and self.received == HANGUP:
@@ -156,11 +144,6 @@ class SignalForwarder:
     def terminal_lost(self) -> None:
         if self.received is None:
             self._handle(HANGUP, None)
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 def child_command(args: Sequence[str], fd: int) -> list[str]:
@@ -205,12 +188,6 @@ def _yield_to_the_run() -> None:
         pass  # not allowed here, or not POSIX: the dashboard just keeps its priority
 
 
-def _returncode(code: int | None) -> int:
-    if code is None:
-        return 1
-    return code if code >= 0 else 128 - code
-
-
 def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
                  make_app: Callable[["LaunchedRun"], "TuitrainApp"] | None = None) -> int:
     """`tuitrain --preset ...` in a terminal: start the run, attach the dashboard, return the exit status."""
@@ -240,7 +217,7 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
         """The run's exit status: its process's, or (still exiting) the one its record ended with."""
         code = proc.poll()
         if code is not None:
-            return _returncode(code)
+            return process_status(code)
         end = source.end_event
         if source.detached or end is None:
             return 0 if source.detached else 1
@@ -304,7 +281,7 @@ def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.
         _say(f"tuitrain: the run (pid {proc.pid}) did not exit within {RUN_EXIT_TIMEOUT:.0f} s; "
              f"it is still in {run_dir}", err=True)
         return 1
-    code = _returncode(code)
+    code = process_status(code)
     end = app.last_end
     _print_final(end, app.state.metric, hung_up)
     if end is None and code != 0:

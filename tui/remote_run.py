@@ -220,8 +220,7 @@ class RemoteRun:
                 last_state_check = now
                 if self._gone(now - quiet_since):
                     return
-            hurry = time.monotonic() < self._hurry_until
-            self._wake.wait(HURRY_POLL if hurry else self.poll_interval)
+            self._wake.wait(HURRY_POLL if self.hurrying else self.poll_interval)
             self._wake.clear()
 
     def _note_skipped(self, follower: Any) -> None:

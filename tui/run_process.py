@@ -393,7 +393,38 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class SignalRelay:
+class StopSignals:
+    """SIGINT, SIGTERM and SIGHUP routed to `_handle`, and put back as they were by restore().
+
+    A signal the parent set to be ignored (nohup ignores SIGHUP) stays ignored. Shared by the run's
+    SignalRelay and the dashboard's SignalForwarder (tui/launch.py).
+    """
+
+    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> "StopSignals":
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current is signal.SIG_IGN:
+                continue
+            self._previous[sig] = current
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+class SignalRelay(StopSignals):
     """Turns SIGINT/SIGTERM/SIGHUP into a Stop command (checkpoint, then exit 128+N).
 
     Before a trainer is attached, a signal raises Interrupted. A second SIGINT
@@ -404,27 +435,15 @@ class SignalRelay:
     away counts as SIGHUP all the same (`terminal_lost`, from the dashboard).
     """
 
-    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
-
     def __init__(self, commands: Any = None) -> None:
+        super().__init__()
         self.commands = commands
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
         self.on_hangup = "save-exit"
         """'detach': SIGHUP saves and the run continues in the background (tui/detach.py)."""
         self.detach_requested = False
         self.lifeline: Any = None
         """A run started by a dashboard (tui/lifeline.py RunEnd): it is already in the background, so
         with --on-hangup detach a hangup (or the dashboard going away) leaves it training as it is."""
-
-    def install(self) -> "SignalRelay":
-        for sig in self.SIGNALS:
-            current = signal.getsignal(sig)
-            if current is signal.SIG_IGN:
-                continue
-            self._previous[sig] = current
-            signal.signal(sig, self._handle)
-        return self
 
     def honour_ignored(self) -> None:
         """A run started by a dashboard: the dashboard decides what a signal it ignores means (it passes a
@@ -468,8 +487,4 @@ class SignalRelay:
             raise Interrupted(self.received)
         self.commands = commands
 
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import Command, Stop
-from tuitrain.engine.rundir import exit_status
+from tuitrain.engine.rundir import exit_status, process_status
 from tuitrain.tui.state import DashboardState, LogLine
 
 if TYPE_CHECKING:
@@ -205,7 +205,6 @@ class WatchedRun(RunSource):
         self.others = list(others)
         self.other_states = [DashboardState() for _ in self.others]
         self.pid = pid
-        self._threads: list[threading.Thread] = []
 
     @property
     def compare(self) -> bool:
@@ -217,9 +216,7 @@ class WatchedRun(RunSource):
             self.note("info", f"comparing {names} on the loss and metric plots (one colour each); the other "
                               f"panels show {self.remote.run_dir.name}; steering is off while comparing")
         for index, other in enumerate(self.others):
-            thread = threading.Thread(target=other.run, name=f"tuitrain-other-{index}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            threading.Thread(target=other.run, name=f"tuitrain-other-{index}", daemon=True).start()
         try:
             return self.remote.run()
         finally:
@@ -346,7 +343,7 @@ class LaunchedRun(RunSource):
                     return self.run_dir
             code = self.proc.poll()
             if code is not None and not self.lifeline.pending():
-                self._exited_early = code if code >= 0 else 128 - code
+                self._exited_early = process_status(code)
                 return None
         return None
 
