@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -270,12 +271,23 @@ def test_a_batch_size_beyond_the_data_is_one_full_batch(tmp_path: Path, batch: i
 
 # -- item 15: a record that could not be written ------------------------------------------------
 
+def delete_while_written(path: Path, within: float = 10.0) -> None:
+    """Remove a directory the run is still writing into, as a user's `rm -rf` would.
+
+    One pass can lose the race with a file the run creates meanwhile (rmdir then
+    says "Directory not empty"), so repeat until the directory is gone.
+    """
+    deadline = time.monotonic() + within
+    while path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        assert time.monotonic() < deadline, f"{path} kept coming back"
+
 def test_a_deleted_run_directory_is_reported_and_exits_1(tmp_path: Path) -> None:
     R = tmp_path / "R"
     proc = Proc("--preset", "circles", "--headless", "--epochs", "6", "--run-dir", R, cwd=tmp_path)
     try:
         proc.wait_for_line(lambda line: line.startswith("epoch   1 |"))
-        shutil.rmtree(R)
+        delete_while_written(R)
         rc, out, err = proc.finish()
     finally:
         proc.kill()
