@@ -47,6 +47,8 @@ RUN_FILES = ("config.json", "metrics.jsonl", "history.json", "summary.json", "er
 CHECKPOINT_FILES = ("latest.pt", "best.pt")
 LOCK_NAME = "run.lock"
 PID_NAME = "run.pid"
+LOG_NAME = "output.log"
+"""What the run process prints once it serves (a dashboard started it, or --detach did)."""
 #: The most of a small run file (summary.json, config.json, run.pid) read_json reads.
 JSON_LIMIT = 1 << 20
 #: What may be in a folder a new run goes into: what starting a run there leaves before it writes

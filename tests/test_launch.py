@@ -1,4 +1,4 @@
-"""The dashboard attached to a run in its own process (tui/launch.py, tui/lifeline.py, tui/source.py).
+"""The dashboard attached to a run in its own process (tui/launch.py, engine/lifeline.py, tui/source.py).
 
 Each test starts tests/attached_viewer.py: the real dashboard (headless, an
 auto-pilot for the user) which starts the real run as a child process,

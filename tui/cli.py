@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 # Imported up front (standard library only): the run's signal handler must not
 # import anything, since it can run in the middle of another import.
 from tuitrain.tui.run_process import (  # noqa: E402
-    Interrupted, SignalRelay, UsageError, lifeline_end, prepare, report_ready)
+    Interrupted, SignalRelay, UsageError, lifeline_end, prepare)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--in-process", action="store_true",
                       help="train in a thread of the dashboard's own process instead of a child process "
                            "(slower: the two share one interpreter; d then saves and restarts the run)")
-    # How the dashboard starts its run: the child side of the lifeline (tui/lifeline.py).
+    # How the dashboard starts its run: the child side of the lifeline (engine/lifeline.py).
     what.add_argument("--lifeline", type=_integer, help=argparse.SUPPRESS)
     what.add_argument("--on-hangup", choices=ON_HANGUP,
                       help="on SIGHUP (the terminal closed): save-exit saves and exits 129 (default); "
@@ -279,7 +279,7 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         on_started = None
         if lifeline is not None:
             lifeline.say(phase="building the model")
-            on_started = lambda: report_ready(lifeline, run.run_dir)  # noqa: E731
+            on_started = lambda: lifeline.report_ready(run.run_dir)  # noqa: E731
         rc = run_headless(run, relay, on_started=on_started)
         return run.finish(rc, detach=relay.detach_requested, to_terminal=True)
     from tuitrain.tui.launch import run_in_process

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-LOG_NAME = "output.log"
+from tuitrain.engine.rundir import LOG_NAME
 
 #: How long `--detach` waits for the background run to serve its socket (torch import, data, model).
 START_TIMEOUT = 60.0

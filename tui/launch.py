@@ -154,7 +154,7 @@ def child_command(args: Sequence[str], fd: int) -> list[str]:
 def start_child(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], "Any", Any]:
     """Start the run: own session (no SIGHUP from the terminal: the dashboard decides), stdin /dev/null,
     stdout and stderr into an unnamed file until it moves them to RUN_DIR/output.log."""
-    from tuitrain.tui.lifeline import pair
+    from tuitrain.engine.lifeline import pair
 
     viewer_end, fd = pair()
     out = tempfile.TemporaryFile()

@@ -2,7 +2,7 @@
 
 Used by every process that trains: headless in a terminal, under nohup, the
 background run of --detach, and the child a dashboard starts (which also
-holds the run's end of the lifeline, tui/lifeline.py). Everything that can
+holds the run's end of the lifeline, engine/lifeline.py). Everything that can
 fail on bad input is checked in prepare(), before any training (exit 2).
 """
 
@@ -34,43 +34,19 @@ class UsageError(Exception):
 
 
 def lifeline_end(fd: int | None, relay: "SignalRelay") -> Any:
-    """The run's end of the lifeline to the dashboard that started it (tui/lifeline.py), watched from now on."""
+    """The run's end of the lifeline to the dashboard that started it (engine/lifeline.py), watched from now on."""
     if fd is None:
         return None
-    import stat
-
-    from tuitrain.tui.lifeline import RunEnd
+    from tuitrain.engine.lifeline import open_run_end
 
     try:
-        is_socket = fd > 2 and stat.S_ISSOCK(os.fstat(fd).st_mode)
-    except (OSError, OverflowError):
-        is_socket = False
-    if not is_socket:  # never take over stdio or a file as if it were the dashboard's socket
-        raise UsageError(f"--lifeline {fd}: not the socket of a dashboard (it is passed by tuitrain itself)")
-    try:
-        end = RunEnd(fd)
-    except OSError as exc:
-        raise UsageError(f"--lifeline {fd}: not an open socket ({exc.strerror or exc})") from None
+        end = open_run_end(fd)
+    except ValueError as exc:
+        raise UsageError(f"--lifeline {exc}") from None
     relay.lifeline = end
     relay.honour_ignored()
     end.watch()
     return end
-
-
-def report_ready(lifeline: Any, run_dir: Path) -> None:
-    """The run serves its socket: from now on its output goes to RUN_DIR/output.log, and the dashboard attaches."""
-    from tuitrain.tui.detach import LOG_NAME
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        fd = os.open(run_dir / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    except OSError:
-        pass  # the output stays where it was; the run itself is unaffected
-    lifeline.say(ready=str(run_dir), pid=os.getpid())
 
 
 def prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
@@ -442,7 +418,7 @@ class SignalRelay(StopSignals):
         """'detach': SIGHUP saves and the run continues in the background (tui/detach.py)."""
         self.detach_requested = False
         self.lifeline: Any = None
-        """A run started by a dashboard (tui/lifeline.py RunEnd): it is already in the background, so
+        """A run started by a dashboard (engine/lifeline.py RunEnd): it is already in the background, so
         with --on-hangup detach a hangup (or the dashboard going away) leaves it training as it is."""
 
     def honour_ignored(self) -> None:

@@ -6,7 +6,7 @@ commands, and asks the source what `q` and `d` mean here. The sources:
 
 - LaunchedRun  the run this dashboard started in a child process (the default):
                attached through the run directory and control.sock, with a lifeline
-               (tui/lifeline.py); `d` leaves it training, `q` stops it first.
+               (engine/lifeline.py); `d` leaves it training, `q` stops it first.
 - WatchedRun   `tuitrain watch`: a run somebody else started, live or finished,
                or several overlaid; `q` only closes the viewer.
 - InProcessRun `--in-process` and the tests: the engine in a worker thread of
@@ -29,7 +29,7 @@ from tuitrain.engine.rundir import exit_status, process_status
 from tuitrain.tui.state import DashboardState, LogLine
 
 if TYPE_CHECKING:
-    from tuitrain.tui.lifeline import ViewerEnd
+    from tuitrain.engine.lifeline import ViewerEnd
     from tuitrain.tui.remote_run import RemoteRun
 
 #: Every action a source can offer; a source leaves out what does not apply to it.
@@ -280,7 +280,7 @@ class WatchedRun(RunSource):
 class LaunchedRun(RunSource):
     """The run this dashboard started: a child process (tui/launch.py) we attach to once it serves.
 
-    Until then the lifeline (tui/lifeline.py) says what the run is doing
+    Until then the lifeline (engine/lifeline.py) says what the run is doing
     ("importing torch", "building the model"). Once the child reports its run
     directory, a RemoteRun follows metrics.jsonl and steers over control.sock,
     exactly as `tuitrain watch` does; `d` tells the child over the lifeline to

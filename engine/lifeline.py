@@ -1,9 +1,12 @@
 """The lifeline between a dashboard and the run it started.
 
-One Unix socket pair, inherited by the child run process (`--lifeline FD`).
+One Unix socket pair, inherited by the child run process: `--lifeline FD` for
+a preset run, the TUITRAIN_LIFELINE environment variable for a user's script
+started by `tuitrain run` (engine/attach.py). Standard library only: the
+viewer imports the same module.
 JSON lines, few and small:
 
-  run -> viewer   {"phase": "importing torch"}, {"phase": "building the model"},
+  run -> viewer   {"phase": "importing torch"}, {"phase": "building the model"}, {"phase": "attaching"},
                   {"ready": RUN_DIR, "pid": N, "said": [lines printed before]}
   viewer -> run   {"detach": true}   (d: keep training without me)
 
@@ -21,11 +24,17 @@ import os
 import select
 import signal
 import socket
+import stat
+import sys
 import threading
+from pathlib import Path
 from typing import Any, Callable
 
 #: The longest message line either side accepts (they are tiny; anything longer is not ours).
 MAX_LINE = 64 * 1024
+#: `tuitrain run` tells the user's script where its lifeline and its run directory are.
+LIFELINE_ENV = "TUITRAIN_LIFELINE"
+RUN_DIR_ENV = "TUITRAIN_RUN_DIR"
 
 
 def pair() -> tuple["ViewerEnd", int]:
@@ -126,6 +135,25 @@ class RunEnd:
     def say(self, **message: Any) -> None:
         _send(self.sock, message)
 
+    def report_ready(self, run_dir: Path) -> None:
+        """The run serves its socket: from now on its output goes to RUN_DIR/output.log, and the
+        dashboard attaches (it shows what was printed before from its own copy)."""
+        from .rundir import LOG_NAME
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        try:
+            fd = os.open(Path(run_dir) / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        except OSError:
+            pass  # the output stays where it was; the run itself is unaffected
+        self.say(ready=str(run_dir), pid=os.getpid())
+
     def watch(self, on_lost: Callable[[], None] | None = None) -> None:
         """Start the thread that waits for the viewer's end to close. By default a lost viewer is SIGHUP
         to ourselves, in the main thread, where the run's SignalRelay applies the hangup policy."""
@@ -150,3 +178,20 @@ class RunEnd:
                     self.detached.set()
         if not self.detached.is_set():
             on_lost()
+
+
+def open_run_end(fd: int) -> RunEnd:
+    """The run's end from an inherited descriptor; ValueError (one line) when it is not a dashboard's socket.
+
+    Never takes over stdio or a file as if it were the dashboard's socket.
+    """
+    try:
+        is_socket = fd > 2 and stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except (OSError, OverflowError):
+        is_socket = False
+    if not is_socket:
+        raise ValueError(f"{fd}: not the socket of a dashboard (it is passed by tuitrain itself)")
+    try:
+        return RunEnd(fd)
+    except OSError as exc:
+        raise ValueError(f"{fd}: not an open socket ({exc.strerror or exc})") from None
