@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tuitrain.engine.events import RunSummary
 from tuitrain.engine.rundir import exit_status, process_status
-from tuitrain.tui.run_process import StopSignals
+from tuitrain.engine.signals import StopSignals
 
 if TYPE_CHECKING:
     from tuitrain.tui.app import TuitrainApp
