@@ -59,6 +59,8 @@ from .signals import StopSignals
 #: The checkpoint a user's loop gets from `s`: plain state dicts, loadable with torch.load(weights_only=True).
 FORMAT = "tuitrain-attach-checkpoint"
 VERSION = 1
+STATE_KEYS = frozenset({"format", "version", "step", "epoch", "lr_multiplier", "model_state_dict",
+                        "optimizer_state_dict", "scheduler_state_dict", "rng"})
 #: Seconds between flushes, as for tuitrain's own runs.
 LOG_INTERVAL = RunConfig.__dataclass_fields__["log_interval"].default
 HANGUP = int(getattr(signal, "SIGHUP", 1))
@@ -579,7 +581,7 @@ class Run:
                                             previous=path.is_file()))
             return
         try:
-            data = ckpt.serialize(self.state_dict())
+            data = ckpt.serialize(self.state_dict(), required=STATE_KEYS)
         except (OSError, RuntimeError, TypeError, ValueError) as exc:
             self._emit(CheckpointFailed(self.step_count, _now(), path=str(path), error=f"{type(exc).__name__}: {exc}",
                                         reason=reason, previous=path.is_file()))
