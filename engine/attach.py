@@ -260,6 +260,8 @@ class Run:
         where = self._rundir.path if self._rundir is not None else "the run directory"
         text = str(exc) if isinstance(exc, RunDirError) else f"{type(exc).__name__}: {exc}"
         warn(f"not recording this run ({where}): {text}; training goes on without tuitrain")
+        if self._lifeline is not None:  # the dashboard that started this script says so and closes
+            self._lifeline.say(failed=f"not recording this run ({where}): {text}")
         self._teardown()
         self._active = False
 
@@ -322,6 +324,7 @@ class Run:
         signum = self._stop.signal if self._stop is not None and status == "interrupted" else None
         self._guard(lambda: self._end(status, reason, signum))
         self.status = status
+        self._active = False  # a step() after the end only counts
 
     def __enter__(self) -> "Run":
         return self
