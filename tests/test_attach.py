@@ -22,6 +22,7 @@ from torch import nn
 
 import tuitrain
 from conftest import wait_until
+from test_hardening_disk import fill, tmpfs  # noqa: F401 - a small tmpfs of our own, and filling it
 from tuitrain.engine.commands import Pause, Resume, SaveCheckpoint, SetLR, Stop
 from tuitrain.engine.control import ControlClient
 
@@ -329,3 +330,34 @@ def test_under_torch_distributed_only_rank_0_records(tmp_path: Path, monkeypatch
         run.evaluate(val_loss=1.0)
     assert not (tmp_path / "R").exists(), "rank 1 writes nothing"
     assert run.step_count == 1 and run.epoch == 1 and not run.should_stop
+
+
+def test_a_full_disk_is_a_warning_and_every_record_reaches_the_file_once_there_is_room(
+        tmpfs: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    disk = tmpfs
+    R = disk / "R"
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tuitrain.attach(run_dir=R, model=model, optimizer=opt, log_interval=0.01) as run:
+        def steps(n: int) -> None:
+            for _ in range(n):
+                loss = model(torch.ones(4, 2)).pow(2).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                run.step(loss=loss)
+
+        steps(10)
+        filler = fill(disk)
+        run.commands.put(SaveCheckpoint())
+        wait_until(lambda: (steps(5), run._rundir.metrics_error)[1], what="the failed write")
+        filler.unlink()
+        steps(10)
+    err = capfd.readouterr().err
+    assert err.count("cannot be written") == 1 and "training goes on" in err
+    recorded = sorted(r["step"] for r in records(R) if r["kind"] == "step")
+    assert recorded == list(range(1, run.step_count + 1)), "every step's record is on disk"
+    failed = events(R, "checkpoint_failed")
+    assert failed and "No space left" in failed[0]["error"]
+    assert not [p for p in (R / "checkpoints").iterdir() if p.name.startswith(".")], "no temp file left"
+    assert json.loads((R / "summary.json").read_text())["status"] == "finished"
