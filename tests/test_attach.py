@@ -52,8 +52,9 @@ class Loop:
         """(LR in the optimizer's step, the scheduler's own value then) for each optimizer step."""
         self.steps = 0
         self.max_steps = max_steps
+        attach.setdefault("total_steps", max_steps)
         self.run = tuitrain.attach(run_dir=run_dir, model=self.model, optimizer=self.opt, scheduler=self.sched,
-                                   total_steps=max_steps, **attach)
+                                   **attach)
         # Registered after attach's hook, so it sees the LR the step really uses.
         self.opt.register_step_pre_hook(lambda o, a, k: self.used.append(
             (o.param_groups[0]["lr"], self.sched.get_last_lr()[0])))
