@@ -334,7 +334,7 @@ def test_under_torch_distributed_only_rank_0_records(tmp_path: Path, monkeypatch
 
 
 def test_a_full_disk_is_a_warning_and_every_record_reaches_the_file_once_there_is_room(
-        tmpfs: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        tmpfs: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811 - the fixture imported above
     disk = tmpfs
     R = disk / "R"
     model = nn.Linear(2, 2)
