@@ -57,7 +57,7 @@ from .seeding import capture_rng
 from .signals import StopSignals
 
 #: The checkpoint a user's loop gets from `s`: plain state dicts, loadable with torch.load(weights_only=True).
-FORMAT = "tuitrain-attach-checkpoint"
+FORMAT = ckpt.ATTACH_FORMAT
 VERSION = 1
 STATE_KEYS = frozenset({"format", "version", "step", "epoch", "lr_multiplier", "model_state_dict",
                         "optimizer_state_dict", "scheduler_state_dict", "rng"})

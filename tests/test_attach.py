@@ -362,3 +362,14 @@ def test_a_full_disk_is_a_warning_and_every_record_reaches_the_file_once_there_i
     assert failed and "No space left" in failed[0]["error"]
     assert not [p for p in (R / "checkpoints").iterdir() if p.name.startswith(".")], "no temp file left"
     assert json.loads((R / "summary.json").read_text())["status"] == "finished"
+
+
+def test_resuming_a_users_loop_with_tuitrain_says_to_load_it_in_the_script(tmp_path: Path) -> None:
+    from cli_helpers import assert_usage_error, in_process
+
+    R = tmp_path / "R"
+    with tuitrain.attach(run_dir=R, model=nn.Linear(2, 1)) as run:
+        run.commands.put(Stop(reason="done"))
+        run.step(loss=1.0)
+    rc, out, err = in_process("--resume", str(R), "--headless")
+    assert_usage_error(rc, err, "saved from your own training loop", "weights_only=True")
