@@ -379,6 +379,13 @@ class Run:
             self._layers = self._health.after_step()
             self._collect_due = False
 
+    def gradients_ready(self) -> None:
+        """For an optimizer that computes its gradients inside step() (a closure: Lightning's automatic
+        optimization, LBFGS): call after backward, before the step; layer health then reads this
+        step's gradients rather than the last one's. Cheap: it acts only at the log interval."""
+        if self._active and self._collect_due and self._health is not None:
+            self._guard(self._health.before_step)
+
     def _scheduled_lr(self) -> float | None:
         if self.optimizer is None or not self.optimizer.param_groups:
             return None

@@ -85,10 +85,8 @@ def build(pl: ModuleType) -> type:
             # Lightning runs training_step and backward inside optimizer.step(closure), so attach's step
             # pre-hook fires before this step's gradients exist; take layer health's gradient norms here,
             # after backward and before clipping, as attach documents them.
-            run = self.run
-            health = getattr(run, "_health", None)
-            if health is not None and getattr(run, "_collect_due", False) and run.status is None:
-                health.before_step()
+            if self.run is not None:
+                self.run.gradients_ready()
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                                batch_idx: int) -> None:
