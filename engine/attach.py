@@ -54,6 +54,7 @@ from .lifeline import LIFELINE_ENV, RUN_DIR_ENV, RunEnd, open_run_end
 from .resources import ProcessProbe
 from .rundir import RunDir, RunDirError, RunLock, new_run_path
 from .seeding import capture_rng
+from .distributed import Decision, StepSync, group_size
 from .signals import StopSignals
 
 #: The checkpoint a user's loop gets from `s`: plain state dicts, loadable with torch.load(weights_only=True).
@@ -184,7 +185,15 @@ class Run:
         self._last_eval: EvalDone | None = None
         self._warned: set[str] = set()
         self._uncaught: BaseException | None = None
+        self._sync: StepSync | None = None
+        """Under torchrun (a process group of 2+ ranks): the group's agreement at sync steps."""
+        self._sync_window = (time.perf_counter(), self.step_count, 1)
+        if group_size() > 1:
+            self._sync = StepSync(first_step=self.step_count + 1)
         if not self._active:
+            if self._sync is not None:  # another rank: applies the group's commands, records nothing
+                self._health = None
+                self._hook_optimizer()
             return
         try:
             self._open(run_dir, config or {}, handle_signals, insights)
@@ -216,9 +225,7 @@ class Run:
         self._rundir.open_metrics(on_error=self._metrics_write_failed)
         if insights:
             self._diag = Diagnostician(device_type=device.type)
-        if self.optimizer is not None:
-            self._hooks = [self.optimizer.register_step_pre_hook(self._before_optimizer_step),
-                           self.optimizer.register_step_post_hook(self._after_optimizer_step)]
+        self._hook_optimizer()
         parameters = sum(p.numel() for p in self.model.parameters()) if self.model is not None else 0
         from .devices import device_name
 
@@ -242,6 +249,11 @@ class Run:
         self._next_flush = time.perf_counter() + self.log_interval
         self._started = time.perf_counter()
         self._window = (self._started, self.step_count)
+
+    def _hook_optimizer(self) -> None:
+        if self.optimizer is not None:
+            self._hooks = [self.optimizer.register_step_pre_hook(self._before_optimizer_step),
+                           self.optimizer.register_step_post_hook(self._after_optimizer_step)]
 
     def _serve(self) -> None:
         from .control import ControlError, ControlServer
@@ -284,7 +296,8 @@ class Run:
     def step(self, loss: Any = None) -> None:
         """After each optimizer step: record the loss (a tensor stays on its device), apply commands."""
         self.step_count += 1
-        if not self._active:
+        sync = self._sync
+        if not self._active and sync is None:
             return
         self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         lr = self._lr_used
@@ -292,7 +305,10 @@ class Run:
             lr = float(self.optimizer.param_groups[0]["lr"]) * self.multiplier
         self._lrs.append(lr)
         self._lr_used = math.nan
-        if self.commands.pending():
+        if sync is not None:
+            if sync.due(self.step_count) and not self._closed:
+                self._group_boundary(sync)  # not guarded: a collective that fails must not desync the group
+        elif self.commands.pending():
             self._guard(self._flush)
             self._guard(self._handle_commands)
         elif time.perf_counter() >= self._next_flush:
@@ -315,6 +331,9 @@ class Run:
             _open_runs.remove(self)
         if not self._active:
             self.status = status or "finished"
+            for hook in self._hooks:
+                hook.remove()
+            self._hooks = []
             return
         if status is None:
             status = "stopped" if self._stop is not None and self._stop.signal is None else \
@@ -392,10 +411,12 @@ class Run:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # -- flushing ------------------------------------------------------------------------
-    def _flush(self) -> None:
+    def _flush(self, losses: list[float] | None = None) -> None:
+        """Record the steps since the last flush; `losses`: the group's means of them, under torchrun."""
         self._collect_saves()
         if self._losses:
-            losses = self._host_losses(self._losses)
+            losses = losses if losses is not None and len(losses) == len(self._losses) else \
+                self._host_losses(self._losses)
             steps = list(range(self._first_step, self._first_step + len(losses)))
             lrs = self._lrs
             self._losses, self._lrs = [], []
@@ -424,6 +445,75 @@ class Run:
         assert self._rundir is not None
         self._rundir.flush()
         self._next_flush = time.perf_counter() + self.log_interval
+
+    # -- the group (torchrun) ------------------------------------------------------------------
+    def _group_boundary(self, sync: StepSync) -> None:
+        """A sync step: every rank receives rank 0's decision and the group's mean losses, then applies
+        the same commands before its next optimizer step."""
+        decision = sync.decide(Decision(self._take_commands(), self._next_sync()) if sync.leader else None)
+        losses = self._group_losses(sync)
+        if self._active:
+            self._guard(lambda: self._flush(losses))
+        else:
+            self._losses, self._lrs = [], []
+        self._apply_all(decision.commands)
+        while self.paused and self._stop is None:
+            # Held together: rank 0 sends what came (or nothing) once per interval; short collectives,
+            # so a pause of any length never meets the process group's timeout.
+            waiting: list[Command] = []
+            if sync.leader:
+                first = self.commands.get(timeout=self.log_interval)
+                waiting = ([first] if first is not None else []) + self._take_commands()
+                self._guard(self._paused_housekeeping)
+            self._apply_all(sync.decide(Decision(waiting, 0) if sync.leader else None).commands)
+        self._guard(self._end_pause_clock)
+        if self._active and self._rundir is not None:
+            self._guard(self._rundir.flush)
+
+    def _take_commands(self) -> list[Command]:
+        """Rank 0: what waits in its queue (the socket's commands), answering what the queue dropped."""
+        if not self.commands.pending():
+            return []
+        self._guard(self._answer_dropped)
+        taken = []
+        for _ in range(self.commands.max_pending + 1):
+            command = self.commands.get_nowait()
+            if command is None:
+                break
+            taken.append(command)
+        return taken
+
+    def _next_sync(self) -> int:
+        """Rank 0: the step of the next sync, about one log interval ahead at the speed since the last."""
+        now = time.perf_counter()
+        t0, step0, gap = self._sync_window
+        rate = (self.step_count - step0) / max(now - t0, 1e-9)
+        gap = max(1, min(int(rate * self.log_interval), gap * 4, 100_000))  # grows by at most 4x a time
+        self._sync_window = (now, self.step_count, gap)
+        return self.step_count + gap
+
+    def _group_losses(self, sync: StepSync) -> list[float] | None:
+        """The mean over ranks of each step's loss since the last sync (one all_reduce, one host copy)."""
+        values = self._losses
+        if not values:
+            return None
+        device = next((v.device for v in values if isinstance(v, torch.Tensor)), self._device())
+        stacked = torch.stack([
+            (v.float().mean() if v.dim() else v.float()).to(device) if isinstance(v, torch.Tensor)
+            else torch.tensor(math.nan if v is None else _number(v), device=device) for v in values])
+        return sync.mean(stacked).tolist()
+
+    def _apply_all(self, commands: list[Command]) -> None:
+        for command in commands:
+            self._guard(lambda: self._apply(command))
+
+    def _paused_housekeeping(self) -> None:
+        if not self._active or self._rundir is None:
+            return
+        self._collect_saves()
+        if self._probe.due():
+            self._emit(self._probe.sample(self.step_count, _now()))
+        self._rundir.flush()
 
     @staticmethod
     def _host_losses(values: list[Any]) -> list[float]:
@@ -579,7 +669,8 @@ class Run:
 
     # -- checkpoints ---------------------------------------------------------------------
     def _save(self, name: str, reason: str) -> None:
-        assert self._rundir is not None
+        if self._rundir is None or not self._active:
+            return  # rank 0 writes the group's checkpoint
         path = self._rundir.checkpoints / name
         if self._save_fn is not None:
             self._save_with_user_function(path, reason)
@@ -695,7 +786,8 @@ class Run:
 
     # -- never the user's problem ----------------------------------------------------------
     def _emit(self, event: Event) -> None:
-        assert self._rundir is not None
+        if self._rundir is None or not self._active:
+            return  # another rank of the group, or a run that could not be recorded: nothing to write
         self._rundir.append(event.records())
         if self._server is not None:
             self._server.listener(event)
