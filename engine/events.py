@@ -58,6 +58,11 @@ class Event:
         return [self.to_json()]
 
 
+#: RunStarted.task of a run recorded from a user's own loop (tuitrain.attach, the framework callbacks):
+#: no preset, so no data sizes, no planned LR schedule, no decision boundary.
+OWN_LOOP = "own-loop"
+
+
 @dataclass(frozen=True)
 class RunStarted(Event):
     name: ClassVar[str] = "started"

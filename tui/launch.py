@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 from tuitrain.engine.events import RunSummary
 from tuitrain.engine.lifeline import LIFELINE_ENV, RUN_DIR_ENV
 from tuitrain.engine.rundir import exit_status, process_status
-from tuitrain.tui.run_process import StopSignals
+from tuitrain.engine.signals import StopSignals
 
 if TYPE_CHECKING:
     from tuitrain.engine.lifeline import ViewerEnd

@@ -21,6 +21,7 @@ from typing import Any
 # Imported up front (standard library only): the signal handler must not
 # import anything, since it can run in the middle of another import.
 from tuitrain.engine.commands import Stop
+from tuitrain.engine.signals import StopSignals
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -367,37 +368,6 @@ class Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-class StopSignals:
-    """SIGINT, SIGTERM and SIGHUP routed to `_handle`, and put back as they were by restore().
-
-    A signal the parent set to be ignored (nohup ignores SIGHUP) stays ignored. Shared by the run's
-    SignalRelay and the dashboard's SignalForwarder (tui/launch.py).
-    """
-
-    SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> "StopSignals":
-        for sig in self.SIGNALS:
-            current = signal.getsignal(sig)
-            if current is signal.SIG_IGN:
-                continue
-            self._previous[sig] = current
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        raise NotImplementedError
-
-    def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
 
 
 class SignalRelay(StopSignals):

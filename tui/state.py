@@ -51,6 +51,10 @@ class DashboardState:
     epoch_step: int = 0
     steps_per_epoch: int = 1
     total_steps: int = 1
+    total_known: bool = True
+    """The run said how many steps it plans (a user's own loop may not)."""
+    own_loop: bool = False
+    """The run is a user's own loop (tuitrain.attach): no data sizes, no LR plan, no boundary."""
     steps_per_sec: float = 0.0
     samples_per_sec: float = 0.0
     lr: float | None = None
@@ -126,7 +130,7 @@ class DashboardState:
         return max(0.0, end - self.started_at - paused)
 
     def eta(self) -> float | None:
-        if not self.running or self.steps_per_sec <= 0:
+        if not self.running or self.steps_per_sec <= 0 or not self.total_known:
             return None
         return max(0, self.total_steps - self.step) / self.steps_per_sec
 
@@ -136,6 +140,7 @@ class DashboardState:
         self.run_dir, self.epochs = e.run_dir, int(e.config.get("epochs", 0))
         self.config = dict(e.config)
         self.steps_per_epoch, self.total_steps = max(1, e.steps_per_epoch), max(1, e.total_steps)
+        self.own_loop, self.total_known = e.task == ev.OWN_LOOP, e.total_steps > 0
         self.step, self.epoch = e.step, e.epoch + 1
         self.patience = e.config.get("patience")
         if self.started_at is None:
@@ -146,8 +151,14 @@ class DashboardState:
             for epochs in (self.train_loss, self.val_loss, self.train_metric, self.val_metric):
                 epochs.reset_after(e.step)
         verb = f"resumed at step {e.step}" if e.resumed else "started"
-        self._say(e, "info", f"{e.preset} {verb} on {e.device_name}: {e.train_size:,} train / {e.val_size:,} val, "
-                             f"{e.steps_per_epoch} steps/epoch, {e.parameters:,} parameters, amp {e.amp}")
+        if self.own_loop:
+            facts = [f"{e.steps_per_epoch:,} steps/epoch" if e.steps_per_epoch else "",
+                     f"{e.parameters:,} parameters" if e.parameters else "no model given"]
+            self._say(e, "info", f"{e.preset} (your own loop) {verb} on {e.device_name}: "
+                                 + ", ".join(f for f in facts if f))
+        else:
+            self._say(e, "info", f"{e.preset} {verb} on {e.device_name}: {e.train_size:,} train / {e.val_size:,} "
+                                 f"val, {e.steps_per_epoch} steps/epoch, {e.parameters:,} parameters, amp {e.amp}")
         self._say(e, "info", f"run dir {e.run_dir}")
         self.dirty |= {"status", "progress", "loss", "lr", "metric"}
 
@@ -284,7 +295,7 @@ class DashboardState:
         """After a run over in seconds (circles: about 3 s), what to type to get one long enough to try
         the keys on: the same preset for about a minute, or this run continued with more epochs."""
         seconds = self.elapsed()
-        if self.ended_at is None or seconds >= SHORT_RUN_SECONDS or self.epochs <= 0:
+        if self.ended_at is None or seconds >= SHORT_RUN_SECONDS or self.epochs <= 0 or self.own_loop:
             return None
         epochs = nice_round(self.epochs * TRY_KEYS_SECONDS / max(seconds, 0.5))
         preset = shlex.quote(str(self.config.get("preset") or self.preset))

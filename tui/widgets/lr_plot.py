@@ -11,7 +11,12 @@ class LRPlot(TrainPlot):
 
     def replot(self, state: DashboardState) -> None:
         title = "LR" if state.lr is None else f"LR {state.lr:.2e}"
-        self.start(title, [("plan", self.colour("lr-plot--plan"), "━"), ("used", self.colour("lr-plot--used"), "━")])
+        used = ("used", self.colour("lr-plot--used"), "━")
+        if state.own_loop and not state.plan_steps:
+            # A user's own loop: its scheduler's plan is not known ahead, only the LR each step used.
+            self.start(title, [("used (no plan)", used[1], used[2])])
+        else:
+            self.start(title, [("plan", self.colour("lr-plot--plan"), "━"), used])
         plt = self.plt
         px, py = finite_pairs(state.plan_steps, state.plan_lrs)
         if px:

@@ -14,18 +14,20 @@ class ProgressPanel(TextPanel):
 
     def show(self, state: DashboardState) -> None:
         epochs = max(1, state.epochs)
-        epoch = min(state.epoch, epochs)
+        epoch = min(state.epoch, epochs) if state.epochs > 0 or not state.own_loop else state.epoch
         finished_epoch = state.epoch_step >= state.steps_per_epoch
         done_epochs = min(epochs, epoch - 1 + (1 if finished_epoch else 0))
         best = "--" if state.best_val_loss is None else f"{state.best_val_loss:.4f} (epoch {state.best_epoch})"
         patience = "off" if not state.patience else f"{state.patience_used}/{state.patience}"
         lr = "--" if state.lr is None else f"{state.lr:.3e}"
-        speed = f"{state.steps_per_sec:,.0f} steps/s · {state.samples_per_sec:,.0f} samples/s"
+        speed = f"{state.steps_per_sec:,.0f} steps/s"
+        if not state.own_loop:  # a user's loop does not say its batch size
+            speed += f" · {state.samples_per_sec:,.0f} samples/s"
         if not state.running:
             speed += " (run average)"
         lines = (
-            f"epoch {epoch}/{epochs}",
-            f"step {state.epoch_step:,}/{state.steps_per_epoch:,} · total {state.step:,}/{state.total_steps:,}",
+            f"epoch {epoch}/{epochs}" if state.epochs > 0 or not state.own_loop else f"epoch {epoch}",
+            f"step {state.epoch_step:,}/{state.steps_per_epoch:,} · total {total_text(state)}",
             speed,
             f"best val loss {best}",
             f"patience {patience} · lr {lr}",
@@ -64,10 +66,15 @@ def _compact(state: DashboardState, lines: tuple[str, ...], epochs: int, done_ep
     text.append_text(_bar(epochs, done_epochs, bar_width, rest, done))
     text.append(step_text)
     text.append_text(_bar(state.steps_per_epoch, state.epoch_step, bar_width, rest, done))
-    text.append(f"\ntotal {state.step:,}/{state.total_steps:,} · {lines[2]}\n")
+    text.append(f"\ntotal {total_text(state)} · {lines[2]}\n")
     text.append(" · ".join(lines[3:]))
     text.no_wrap, text.overflow = True, "ellipsis"
     return text
+
+
+def total_text(state: DashboardState) -> str:
+    """Steps so far, out of the planned total when the run said it."""
+    return f"{state.step:,}/{state.total_steps:,}" if state.total_known else f"{state.step:,}"
 
 
 def _bar(total: int, completed: int, width: int, rest: Style, done: Style) -> Text:
