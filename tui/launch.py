@@ -95,10 +95,19 @@ def _watch_terminal(lost: Callable[[], None], returned: threading.Event, fds: tu
 
 
 def _exit_watchdog(wants_exit: Callable[[], bool], run_over: Callable[[], bool], returned: threading.Event,
-                   status: Callable[[], int], ttys: tuple[int, ...]) -> None:
-    """Make sure a finished, saved run always ends the process (at once when the terminal hung up)."""
+                   status: Callable[[], int], ttys: tuple[int, ...],
+                   close: Callable[[int], None] | None = None) -> None:
+    """Make sure a finished, saved run always ends the process (at once when the terminal hung up).
+
+    `close` first asks the dashboard to exit (restoring the terminal): a run that a forwarded signal
+    ended without a word on its record (a user's script killed by its SIGTERM) does not close it.
+    """
     while not returned.wait(TERMINAL_CHECK):
         if wants_exit() and run_over():
+            if close is not None:
+                code = status()
+                # Its own thread: asking a Textual that hangs would hang this watchdog too.
+                threading.Thread(target=close, args=(code,), name="tuitrain-close", daemon=True).start()
             if returned.wait(0.0 if terminal_gone(ttys) else EXIT_GRACE):
                 return
             os._exit(status())
@@ -284,6 +293,12 @@ def run_attached(child: Child, *, on_hangup: str = "save-exit",
             return 0 if source.detached else 1
         return exit_status(end.status, RunSummary.from_dict(end.summary).signal)
 
+    def close(code: int) -> None:
+        try:
+            app.call_from_thread(app.exit, code, code)
+        except RuntimeError:
+            pass  # the app already stopped
+
     def hangup_leaves() -> None:
         """--on-hangup detach: the run stays as it is (the forwarded SIGHUP told it so); this viewer goes."""
         while not returned.wait(TERMINAL_CHECK):
@@ -295,7 +310,7 @@ def run_attached(child: Child, *, on_hangup: str = "save-exit",
                     pass  # the app already stopped
                 return
 
-    threading.Thread(target=_exit_watchdog, args=(wants_exit, run_over, returned, status, ttys),
+    threading.Thread(target=_exit_watchdog, args=(wants_exit, run_over, returned, status, ttys, close),
                      name="tuitrain-exit-watchdog", daemon=True).start()
     threading.Thread(target=_watch_terminal, args=(forwarder.terminal_lost, returned, ttys),
                      name="tuitrain-terminal-watch", daemon=True).start()
@@ -350,6 +365,9 @@ def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.
         text = startup_output(out).rstrip()
         if text:
             _say(text, err=True)
+        if run_dir is not None:
+            _say(f"tuitrain: the run's process exited with status {code} before its record ended; "
+                 f"its output is in {run_dir}/output.log", err=True)
     if never_attached and child.script is not None:
         _say(f"tuitrain: {child.script} had not called tuitrain.attach(); ended it (exit status {code})",
              err=True)

@@ -293,7 +293,7 @@ class LaunchedRun(RunSource):
     quit_on_detach = True
 
     #: Seconds of silence on the lifeline before the status bar says `silent` instead of the first phase.
-    SILENT_AFTER = 3.0
+    SILENT_AFTER = 8.0
 
     def __init__(self, proc: Any, lifeline: "ViewerEnd", *, startup_output: Callable[[], str] | None = None,
                  poll_interval: float | None = None, phase: str = "starting", silent: str | None = None) -> None:
