@@ -59,6 +59,8 @@ from .signals import StopSignals
 #: The checkpoint a user's loop gets from `s`: plain state dicts, loadable with torch.load(weights_only=True).
 FORMAT = "tuitrain-attach-checkpoint"
 VERSION = 1
+STATE_KEYS = frozenset({"format", "version", "step", "epoch", "lr_multiplier", "model_state_dict",
+                        "optimizer_state_dict", "scheduler_state_dict", "rng"})
 #: Seconds between flushes, as for tuitrain's own runs.
 LOG_INTERVAL = RunConfig.__dataclass_fields__["log_interval"].default
 HANGUP = int(getattr(signal, "SIGHUP", 1))
@@ -258,6 +260,8 @@ class Run:
         where = self._rundir.path if self._rundir is not None else "the run directory"
         text = str(exc) if isinstance(exc, RunDirError) else f"{type(exc).__name__}: {exc}"
         warn(f"not recording this run ({where}): {text}; training goes on without tuitrain")
+        if self._lifeline is not None:  # the dashboard that started this script says so and closes
+            self._lifeline.say(failed=f"not recording this run ({where}): {text}")
         self._teardown()
         self._active = False
 
@@ -320,6 +324,7 @@ class Run:
         signum = self._stop.signal if self._stop is not None and status == "interrupted" else None
         self._guard(lambda: self._end(status, reason, signum))
         self.status = status
+        self._active = False  # a step() after the end only counts
 
     def __enter__(self) -> "Run":
         return self
@@ -579,7 +584,7 @@ class Run:
                                             previous=path.is_file()))
             return
         try:
-            data = ckpt.serialize(self.state_dict())
+            data = ckpt.serialize(self.state_dict(), required=STATE_KEYS)
         except (OSError, RuntimeError, TypeError, ValueError) as exc:
             self._emit(CheckpointFailed(self.step_count, _now(), path=str(path), error=f"{type(exc).__name__}: {exc}",
                                         reason=reason, previous=path.is_file()))

@@ -119,9 +119,11 @@ def save(state: dict[str, Any], path: Path) -> int:
     return atomic_write_bytes(Path(path), lambda f: f.write(data))
 
 
-def serialize(state: dict[str, Any]) -> bytes:
-    """The checkpoint's bytes: taken on the training thread, so they are this step's weights."""
-    missing = KEYS - set(state)
+def serialize(state: dict[str, Any], required: frozenset[str] = KEYS) -> bytes:
+    """The checkpoint's bytes: taken on the training thread, so they are this step's weights.
+
+    `required`: the keys its format must have (a user's loop saves its own, smaller format)."""
+    missing = required - set(state)
     if missing:
         raise ValueError(f"checkpoint state lacks {sorted(missing)}")
     buffer = io.BytesIO()

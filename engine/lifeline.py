@@ -8,6 +8,7 @@ JSON lines, few and small:
 
   run -> viewer   {"phase": "importing torch"}, {"phase": "building the model"}, {"phase": "attaching"},
                   {"ready": RUN_DIR, "pid": N, "said": [lines printed before]}
+                  {"failed": TEXT}   (a user's script whose attach() could not record: it trains on unseen)
   viewer -> run   {"detach": true}   (d: keep training without me)
 
 Its real job is the end of the line: when the viewer process dies in any

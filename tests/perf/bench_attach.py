@@ -1,0 +1,80 @@
+"""What tuitrain.attach() costs a user's own loop: steps/s with run.step() vs the same loop without.
+
+    python tests/perf/bench_attach.py [--pairs 7] [--steps 3000] [--batch 32]
+
+Circles-sized work on the CPU (a 2-32-32-2 MLP, SGD with momentum and a cosine schedule, one
+thread), the worst case for a per-step cost: each step is ~1 ms. The two sides alternate in one
+process (A, B, A, B ...), each on freshly seeded objects, and the figure is the median of the
+paired ratios (target >= 0.97). Not part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import tuitrain
+
+
+def loop(steps: int, batch: int, run_dir: Path | None) -> float:
+    """Steps per second of one plain loop, with attach() when run_dir is given."""
+    torch.manual_seed(0)
+    x = torch.randn(4096, 2)
+    y = (x.norm(dim=1) < 1.0).long()
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    run = tuitrain.attach(run_dir=run_dir, model=model, optimizer=opt, scheduler=sched,
+                          total_steps=steps) if run_dir is not None else None
+    start = time.perf_counter()
+    for i in range(steps):
+        j = (i * batch) % (len(x) - batch)
+        loss = loss_fn(model(x[j:j + batch]), y[j:j + batch])
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        if run is not None:
+            run.step(loss=loss)
+    seconds = time.perf_counter() - start
+    if run is not None:
+        run.close()
+    return steps / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    loop(300, args.batch, None)  # warm-up: first-call costs belong to neither side
+    ratios, plain, attached = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.pairs):
+            first_attached = i % 2 == 1  # alternate which side goes first
+            results = {}
+            for side in ((True, False) if first_attached else (False, True)):
+                results[side] = loop(args.steps, args.batch, Path(tmp) / f"run-{i}" if side else None)
+            plain.append(results[False])
+            attached.append(results[True])
+            ratios.append(results[True] / results[False])
+            print(f"pair {i + 1}: without {results[False]:,.0f} steps/s, with run.step() {results[True]:,.0f} "
+                  f"steps/s, ratio {ratios[-1]:.3f}", flush=True)
+    print(f"median steps/s without {statistics.median(plain):,.0f}, with {statistics.median(attached):,.0f}")
+    spread = (max(ratios) - min(ratios)) / 2
+    print(f"attached / plain: median of paired ratios {statistics.median(ratios):.3f} (+/- {spread:.3f}), "
+          f"geometric mean {math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}")
+
+
+if __name__ == "__main__":
+    main()
