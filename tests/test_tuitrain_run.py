@@ -347,3 +347,37 @@ def test_sigterm_on_the_dashboard_reaches_the_script_and_its_status_is_returned(
     finally:
         tmux.kill()
         end(pid)
+
+
+#: A script whose attach() cannot record: its run directory already holds a file of the user's.
+UNRECORDED = """
+import os, sys
+import tuitrain
+run_dir = os.environ["TUITRAIN_RUN_DIR"]
+os.makedirs(run_dir)
+open(os.path.join(run_dir, "data.csv"), "w").close()
+run = tuitrain.attach()
+for epoch in range(3):
+    run.step(loss=1.0)
+    print(f"unseen: epoch {epoch}", flush=True)
+run.close()
+sys.exit(4)
+"""
+
+
+@pytest.mark.slow
+@needs_tmux
+def test_a_script_whose_attach_cannot_record_closes_the_dashboard_and_shows_its_output(tmp_path: Path) -> None:
+    (tmp_path / "unrecorded.py").write_text(UNRECORDED)
+    tmux = pane(tmp_path, "--run-dir", "R", "unrecorded.py")
+    try:
+        assert exit_line(tmp_path, tmux, START_DEADLINE) == "EXIT=4"  # the script's own status
+        screen = tmux.wait_text("EXIT=4")
+        assert said_on(screen, "not recording this run")
+        assert said_on(screen, "unrecorded.py trains on without the dashboard")
+        assert [line for line in screen.splitlines() if line.startswith("unseen:")] == \
+            ["unseen: epoch 0", "unseen: epoch 1", "unseen: epoch 2"], screen
+        assert tmux.pane_flag("alternate_on") == "0"
+    finally:
+        tmux.kill()
+    assert sorted(os.listdir(tmp_path / "R")) == ["data.csv"]  # nothing of tuitrain's written there

@@ -342,6 +342,8 @@ def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.
             _say(f"tuitrain: {child.script} exited with status {source.failed_start} before it called "
                  f"tuitrain.attach()", err=True)
         return source.failed_start
+    if source.unrecorded is not None:
+        return _follow_unrecorded(proc, out, source.unrecorded, child)
     run_dir = source.run_dir
     if source.detached or (hung_up and on_hangup == "detach"):
         source.detach()
@@ -372,6 +374,36 @@ def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.
         _say(f"tuitrain: {child.script} had not called tuitrain.attach(); ended it (exit status {code})",
              err=True)
     return code
+
+
+def _follow_unrecorded(proc: subprocess.Popen[bytes], out: Any, why: str, child: Child) -> int:
+    """A script whose attach() could not record trains on unseen: show its output here until it exits
+    (signals are still passed to it), and return its status."""
+    _say(f"tuitrain: {why}; {child.script or 'the run'} trains on without the dashboard (pid {proc.pid}); "
+         f"its output follows", err=True)
+    offset, shown = 0, True
+    while True:
+        done = proc.poll() is not None
+        while True:
+            try:
+                data = os.pread(out.fileno(), 1 << 16, offset)
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                break
+            offset += len(data)
+            if shown:
+                try:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.flush()
+                except (OSError, ValueError, AttributeError):
+                    shown = False  # the terminal is gone: keep waiting for the script all the same
+        if done:
+            return process_status(proc.returncode)
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 #: Seconds the child gets to exit after its run ended before we say what we are waiting for.

@@ -99,6 +99,12 @@ class RunSource:
         """The exit status of a run that ended before it could be attached, else None."""
         return None
 
+    @property
+    def unrecorded(self) -> str | None:
+        """Why the run cannot be recorded, when it said so (a script's attach() failed; it trains on
+        unseen): the dashboard closes and the launcher shows the script's output instead."""
+        return None
+
     def offered(self) -> frozenset[str]:
         """The actions this viewer offers (the keys table is filtered by it)."""
         actions = set(VIEW_ACTIONS) | STEER_ACTIONS
@@ -308,6 +314,7 @@ class LaunchedRun(RunSource):
         self._silent = silent
         """What to say when the child stays silent (a user's script that has not called attach() yet)."""
         self._exited_early: int | None = None
+        self._unrecorded: str | None = None
         self._closed = threading.Event()
         self._poll_interval = poll_interval
 
@@ -318,6 +325,10 @@ class LaunchedRun(RunSource):
     @property
     def failed_start(self) -> int | None:
         return self._exited_early
+
+    @property
+    def unrecorded(self) -> str | None:
+        return self._unrecorded
 
     def run(self) -> Any:
         try:
@@ -345,6 +356,9 @@ class LaunchedRun(RunSource):
                 quiet_until = None  # it speaks: its phases say the rest
                 if "phase" in message:
                     self._phase = str(message["phase"])
+                elif "failed" in message:
+                    self._unrecorded = str(message["failed"])[:1000]
+                    return None
                 elif "ready" in message:
                     self.run_dir = Path(str(message["ready"]))
                     self._phase = "first step"
