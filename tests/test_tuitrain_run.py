@@ -349,6 +349,47 @@ def test_sigterm_on_the_dashboard_reaches_the_script_and_its_status_is_returned(
         end(pid)
 
 
+#: A script with work left after its loop: q stops the loop, and tuitrain waits for the rest.
+AFTERWORK = """
+import sys, time
+import tuitrain
+run = tuitrain.attach(total_steps=10**7)
+while not run.should_stop:
+    run.step(loss=1.0)
+    time.sleep(0.002)
+run.close()
+time.sleep(3)
+open("after.done", "w").write("ok")
+sys.exit(6)
+"""
+
+
+@pytest.mark.slow
+@needs_tmux
+def test_q_stops_the_loop_then_waits_for_the_script_to_finish_and_returns_its_status(tmp_path: Path) -> None:
+    from test_dashboard_tmux import assert_terminal_restored
+
+    R = tmp_path / "R"
+    (tmp_path / "after.py").write_text(AFTERWORK)
+    tmux = pane(tmp_path, "--run-dir", "R", "after.py")
+    pid = None
+    try:
+        tmux.wait_screen(lambda s: " after · cpu  RUNNING " in s and "loss · smooth" in s, "its loss on screen",
+                         START_DEADLINE)
+        pid = script_pid(R)
+        tmux.keys("q")
+        screen = tmux.wait_text("tuitrain: waiting for after.py")
+        assert said_on(screen, f"waiting for after.py (pid {pid}) to exit; its output goes to {R}/output.log")
+        assert not (tmp_path / "exit").exists()
+        assert exit_line(tmp_path, tmux) == "EXIT=6"
+        assert (tmp_path / "after.done").read_text() == "ok"  # its work after the loop was done
+        assert_terminal_restored(tmux, "EXIT=6")
+    finally:
+        tmux.kill()
+        end(pid)
+    summary = json.loads((R / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["reason"] == "quit from the dashboard", summary
+
 #: A script whose attach() cannot record: its run directory already holds a file of the user's.
 UNRECORDED = """
 import os, sys
