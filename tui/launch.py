@@ -294,6 +294,9 @@ def run_attached(child: Child, *, on_hangup: str = "save-exit",
         return exit_status(end.status, RunSummary.from_dict(end.summary).signal)
 
     def close(code: int) -> None:
+        """A forwarded signal ended the run and the dashboard is still open: close it (q and d close it themselves)."""
+        if app.exit_code is not None:
+            return
         try:
             app.call_from_thread(app.exit, code, code)
         except RuntimeError:
