@@ -57,7 +57,7 @@ from .seeding import capture_rng
 from .signals import StopSignals
 
 #: The checkpoint a user's loop gets from `s`: plain state dicts, loadable with torch.load(weights_only=True).
-FORMAT = "tuitrain-attach-checkpoint"
+FORMAT = ckpt.ATTACH_FORMAT
 VERSION = 1
 STATE_KEYS = frozenset({"format", "version", "step", "epoch", "lr_multiplier", "model_state_dict",
                         "optimizer_state_dict", "scheduler_state_dict", "rng"})
@@ -378,6 +378,13 @@ class Run:
         if self._collect_due and self._health is not None:
             self._layers = self._health.after_step()
             self._collect_due = False
+
+    def gradients_ready(self) -> None:
+        """For an optimizer that computes its gradients inside step() (a closure: Lightning's automatic
+        optimization, LBFGS): call after backward, before the step; layer health then reads this
+        step's gradients rather than the last one's. Cheap: it acts only at the log interval."""
+        if self._active and self._collect_due and self._health is not None:
+            self._guard(self._health.before_step)
 
     def _scheduled_lr(self) -> float | None:
         if self.optimizer is None or not self.optimizer.param_groups:

@@ -26,6 +26,8 @@ import torch
 
 FORMAT = "tuitrain-checkpoint"
 VERSION = 1
+#: What `s` saves from a user's own loop (engine/attach.py): their state dicts, not a run to resume.
+ATTACH_FORMAT = "tuitrain-attach-checkpoint"
 
 # mkstemp creates files 0600; finished files get the usual umask-based mode.
 _UMASK = os.umask(0)
@@ -225,6 +227,9 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
                 "(only plain tensors and containers are allowed)") from None
         text = text if len(text) <= 160 else text[:157] + "..."
         raise CheckpointError(f"cannot read checkpoint {p}: not a valid torch file ({text})") from None
+    if isinstance(state, dict) and state.get("format") == ATTACH_FORMAT:
+        raise CheckpointError(f"{p} was saved from your own training loop (tuitrain.attach), which tuitrain "
+                              "cannot re-run; load it in your script: torch.load(path, weights_only=True)")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a tuitrain checkpoint")
     if state.get("version") != VERSION:

@@ -22,6 +22,7 @@ from torch import nn
 
 import tuitrain
 from conftest import wait_until
+from test_hardening_disk import fill, tmpfs  # noqa: F401 - a small tmpfs of our own, and filling it
 from tuitrain.engine.commands import Pause, Resume, SaveCheckpoint, SetLR, Stop
 from tuitrain.engine.control import ControlClient
 
@@ -51,8 +52,9 @@ class Loop:
         """(LR in the optimizer's step, the scheduler's own value then) for each optimizer step."""
         self.steps = 0
         self.max_steps = max_steps
+        attach.setdefault("total_steps", max_steps)
         self.run = tuitrain.attach(run_dir=run_dir, model=self.model, optimizer=self.opt, scheduler=self.sched,
-                                   total_steps=max_steps, **attach)
+                                   **attach)
         # Registered after attach's hook, so it sees the LR the step really uses.
         self.opt.register_step_pre_hook(lambda o, a, k: self.used.append(
             (o.param_groups[0]["lr"], self.sched.get_last_lr()[0])))
@@ -329,3 +331,45 @@ def test_under_torch_distributed_only_rank_0_records(tmp_path: Path, monkeypatch
         run.evaluate(val_loss=1.0)
     assert not (tmp_path / "R").exists(), "rank 1 writes nothing"
     assert run.step_count == 1 and run.epoch == 1 and not run.should_stop
+
+
+def test_a_full_disk_is_a_warning_and_every_record_reaches_the_file_once_there_is_room(
+        tmpfs: Path, capfd: pytest.CaptureFixture[str]) -> None:  # noqa: F811 - the fixture imported above
+    disk = tmpfs
+    R = disk / "R"
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with tuitrain.attach(run_dir=R, model=model, optimizer=opt, log_interval=0.01) as run:
+        def steps(n: int) -> None:
+            for _ in range(n):
+                loss = model(torch.ones(4, 2)).pow(2).mean()
+                loss.backward()
+                opt.step()
+                opt.zero_grad()
+                run.step(loss=loss)
+
+        steps(10)
+        filler = fill(disk)
+        run.commands.put(SaveCheckpoint())
+        wait_until(lambda: (steps(5), run._rundir.metrics_error)[1], what="the failed write")
+        filler.unlink()
+        steps(10)
+    err = capfd.readouterr().err
+    assert err.count("cannot be written") == 1 and "training goes on" in err
+    recorded = sorted(r["step"] for r in records(R) if r["kind"] == "step")
+    assert recorded == list(range(1, run.step_count + 1)), "every step's record is on disk"
+    failed = events(R, "checkpoint_failed")
+    assert failed and "No space left" in failed[0]["error"]
+    assert not [p for p in (R / "checkpoints").iterdir() if p.name.startswith(".")], "no temp file left"
+    assert json.loads((R / "summary.json").read_text())["status"] == "finished"
+
+
+def test_resuming_a_users_loop_with_tuitrain_says_to_load_it_in_the_script(tmp_path: Path) -> None:
+    from cli_helpers import assert_usage_error, in_process
+
+    R = tmp_path / "R"
+    with tuitrain.attach(run_dir=R, model=nn.Linear(2, 1)) as run:
+        run.commands.put(Stop(reason="done"))
+        run.step(loss=1.0)
+    rc, out, err = in_process("--resume", str(R), "--headless")
+    assert_usage_error(rc, err, "saved from your own training loop", "weights_only=True")
