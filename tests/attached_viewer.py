@@ -65,7 +65,7 @@ def main() -> int:
             return App.run(self, headless=True, size=(120, 40), auto_pilot=pilot_fn)
 
     started = time.monotonic()
-    rc = launch.run_attached([*args, "--run-dir", run_dir], make_app=Viewer)
+    rc = launch.run_attached(launch.preset_child([*args, "--run-dir", run_dir]), make_app=Viewer)
     ended = time.monotonic()
     maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
     report = {"rc": rc, "torch": "torch" in sys.modules, "libtorch": "libtorch" in maps,

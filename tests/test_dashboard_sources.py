@@ -24,10 +24,11 @@ async def dashboard_over(kind: str, tmp_path: Path) -> AsyncIterator[tuple[Any, 
 
     run_dir = tmp_path / "run"
     if kind == "attached":
-        from tuitrain.tui.launch import start_child
+        from tuitrain.tui.launch import preset_child, start_child
         from tuitrain.tui.source import LaunchedRun
 
-        proc, lifeline, _out = start_child(["--preset", "circles", "--epochs", "100000", "--run-dir", str(run_dir)])
+        proc, lifeline, _out = start_child(preset_child(["--preset", "circles", "--epochs", "100000",
+                                                          "--run-dir", str(run_dir)]))
         source: Any = LaunchedRun(proc, lifeline)
     else:
         from tuitrain.engine.trainer import Trainer

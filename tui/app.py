@@ -196,8 +196,9 @@ class TuitrainApp(App[int]):
                 self.last_end = ends[-1]
         state.log.extend(source.take_notes())
         state.dirty |= source.drain_overlays()
-        if source.failed_start is not None:
-            self._finish(source.failed_start)  # the run ended before it could be shown: the launcher says why
+        if source.failed_start is not None or source.unrecorded is not None:
+            # The run ended before it could be shown, or cannot be recorded: the launcher says why.
+            self._finish(source.failed_start or 0)
             return
         phase = source.phase
         if phase is not None and state.running and state.status in ("STARTING", "RUNNING"):

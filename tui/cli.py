@@ -4,9 +4,10 @@ Exit status (DESIGN.md): 0 finished or stopped on purpose; 1 the run failed;
 2 bad usage or input, reported in one line before any training; 128+signal
 after SIGINT/SIGTERM/SIGHUP, each after saving a checkpoint.
 
-`tuitrain watch [RUN_DIR ...]` and `tuitrain runs [DIR]` are subcommands,
-recognised by the first word so that every `tuitrain --preset ...` command
-line parses exactly as before (tui/watch.py, tui/runs_table.py).
+`tuitrain run SCRIPT`, `tuitrain watch [RUN_DIR ...]` and `tuitrain runs [DIR]`
+are subcommands, recognised by the first word so that every `tuitrain --preset
+...` command line parses exactly as before (tui/run_script.py, tui/watch.py,
+tui/runs_table.py).
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tuitrain",
         description="Train a PyTorch model and watch and steer the run from the terminal.",
         argument_default=argparse.SUPPRESS,
-        epilog="Also: tuitrain watch [RUN_DIR ...] (open the dashboard on a run, live or finished), "
+        epilog="Also: tuitrain run SCRIPT [ARGS ...] (your own training script, which calls "
+               "tuitrain.attach(), with the dashboard attached), "
+               "tuitrain watch [RUN_DIR ...] (open the dashboard on a run, live or finished), "
                "tuitrain runs [DIR] (a table of runs). "
                "Exit status: 0 finished or stopped, 1 run failed, 2 bad input, 128+N after signal N.",
     )
@@ -232,8 +235,13 @@ def _flush_or_drop_stdio() -> None:
 
 
 def _main(argv: list[str], relay: "SignalRelay") -> int:
-    if argv and argv[0] in ("watch", "runs"):
+    global _viewer_only
+    if argv and argv[0] in ("watch", "runs", "run"):
         relay.restore()  # nothing to save here: a signal ends a watcher or a listing the usual way
+        if argv[0] == "run":
+            from tuitrain.tui.run_script import main as run_main
+            _viewer_only = True  # the script is the run; this process only watches it
+            return run_main(argv[1:])
         if argv[0] == "watch":
             from tuitrain.tui.watch import main as watch_main
             return watch_main(argv[1:])
@@ -258,11 +266,10 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     _answer_without_torch(preset_spec, resume)
     if not headless and not detach and not in_process:
         # The dashboard: the run trains in a child process that it starts; this one never imports torch.
-        from tuitrain.tui.launch import run_attached
+        from tuitrain.tui.launch import preset_child, run_attached
         relay.restore()
-        global _viewer_only
         _viewer_only = True
-        return run_attached(argv, on_hangup=relay.on_hangup)
+        return run_attached(preset_child(argv), on_hangup=relay.on_hangup)
     if lifeline is not None:
         lifeline.say(phase="importing torch")
     run = prepare(preset_spec, resume, args)

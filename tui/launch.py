@@ -24,13 +24,17 @@ import subprocess
 import sys
 import tempfile
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from tuitrain.engine.events import RunSummary
+from tuitrain.engine.lifeline import LIFELINE_ENV, RUN_DIR_ENV
 from tuitrain.engine.rundir import exit_status, process_status
 from tuitrain.engine.signals import StopSignals
 
 if TYPE_CHECKING:
+    from tuitrain.engine.lifeline import ViewerEnd
     from tuitrain.tui.app import TuitrainApp
     from tuitrain.tui.run_process import PreparedRun, SignalRelay
     from tuitrain.tui.source import LaunchedRun
@@ -91,10 +95,19 @@ def _watch_terminal(lost: Callable[[], None], returned: threading.Event, fds: tu
 
 
 def _exit_watchdog(wants_exit: Callable[[], bool], run_over: Callable[[], bool], returned: threading.Event,
-                   status: Callable[[], int], ttys: tuple[int, ...]) -> None:
-    """Make sure a finished, saved run always ends the process (at once when the terminal hung up)."""
+                   status: Callable[[], int], ttys: tuple[int, ...],
+                   close: Callable[[int], None] | None = None) -> None:
+    """Make sure a finished, saved run always ends the process (at once when the terminal hung up).
+
+    `close` first asks the dashboard to exit (restoring the terminal): a run that a forwarded signal
+    ended without a word on its record (a user's script killed by its SIGTERM) does not close it.
+    """
     while not returned.wait(TERMINAL_CHECK):
         if wants_exit() and run_over():
+            if close is not None:
+                code = status()
+                # Its own thread: asking a Textual that hangs would hang this watchdog too.
+                threading.Thread(target=close, args=(code,), name="tuitrain-close", daemon=True).start()
             if returned.wait(0.0 if terminal_gone(ttys) else EXIT_GRACE):
                 return
             os._exit(status())
@@ -146,23 +159,78 @@ class SignalForwarder(StopSignals):
             self._handle(HANGUP, None)
 
 
-def child_command(args: Sequence[str], fd: int) -> list[str]:
-    """The run process: this interpreter and this tuitrain, whatever the PATH says."""
-    return [sys.executable, "-m", "tuitrain.tui.cli", *args, "--lifeline", str(fd)]
+@dataclass(frozen=True)
+class Child:
+    """The run process a dashboard starts: tuitrain's own (`--preset ...`) or a user's script (`tuitrain run`).
+
+    One way to start either (start_child) and one dashboard over either (run_attached); what differs
+    is said here: the command, how the child learns its lifeline, and what the screen calls it.
+    """
+
+    command: tuple[str, ...]
+    """What to execute, without the lifeline."""
+    script: str | None = None
+    """A user's script: its name as the status bar shows it (train.py); None for tuitrain's own run."""
+    run_dir: Path | None = None
+    """Where a user's script records (the viewer chose it, attach() creates it); tuitrain's own run chooses."""
+
+    def argv(self, fd: int | None) -> list[str]:
+        """tuitrain's own run is told its lifeline with --lifeline FD; a user's script in its environment."""
+        if self.script is None and fd is not None:
+            return [*self.command, "--lifeline", str(fd)]
+        return list(self.command)
+
+    def environ(self, fd: int | None) -> dict[str, str]:
+        """Our environment for the child; a script gets TUITRAIN_RUN_DIR, and TUITRAIN_LIFELINE when attached.
+
+        Attached, a script writes into a file we show (and later output.log): unbuffered, so that what
+        it printed before it was stopped is there, unless the user chose otherwise.
+        """
+        env = dict(os.environ)
+        env.pop("TEXTUAL", None)
+        env.pop(LIFELINE_ENV, None)  # never a lifeline of ours it did not get from us
+        if self.script is not None:
+            env[RUN_DIR_ENV] = str(self.run_dir)
+            if fd is not None:
+                env[LIFELINE_ENV] = str(fd)
+                env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    @property
+    def phase(self) -> str:
+        """What the status bar says until the child's first word on the lifeline."""
+        return "starting" if self.script is None else self.script
+
+    @property
+    def silent(self) -> str | None:
+        """What it says once a script has said nothing for a while: it has not called attach() (yet)."""
+        return None if self.script is None else f"waiting for {self.script} to call tuitrain.attach()"
+
+    @property
+    def exit_timeout(self) -> float | None:
+        """How long to wait for the child to exit once its run ended: a script may have work left after it."""
+        return RUN_EXIT_TIMEOUT if self.script is None else None
 
 
-def start_child(args: Sequence[str]) -> tuple[subprocess.Popen[bytes], "Any", Any]:
+def preset_child(args: Sequence[str]) -> Child:
+    """tuitrain's own run process: this interpreter and this tuitrain, whatever the PATH says."""
+    return Child((sys.executable, "-m", "tuitrain.tui.cli", *args))
+
+
+def start_child(child: Child) -> tuple[subprocess.Popen[bytes], "ViewerEnd", Any]:
     """Start the run: own session (no SIGHUP from the terminal: the dashboard decides), stdin /dev/null,
     stdout and stderr into an unnamed file until it moves them to RUN_DIR/output.log."""
     from tuitrain.engine.lifeline import pair
 
     viewer_end, fd = pair()
     out = tempfile.TemporaryFile()
-    env = dict(os.environ)
-    env.pop("TEXTUAL", None)
     try:
-        proc = subprocess.Popen(child_command(args, fd), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                pass_fds=(fd,), start_new_session=True, close_fds=True, env=env)
+        proc = subprocess.Popen(child.argv(fd), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                pass_fds=(fd,), start_new_session=True, close_fds=True, env=child.environ(fd))
+    except BaseException:
+        viewer_end.close()
+        out.close()
+        raise
     finally:
         os.close(fd)
     return proc, viewer_end, out
@@ -188,14 +256,16 @@ def _yield_to_the_run() -> None:
         pass  # not allowed here, or not POSIX: the dashboard just keeps its priority
 
 
-def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
+def run_attached(child: Child, *, on_hangup: str = "save-exit",
                  make_app: Callable[["LaunchedRun"], "TuitrainApp"] | None = None) -> int:
-    """`tuitrain --preset ...` in a terminal: start the run, attach the dashboard, return the exit status."""
+    """A dashboard in a terminal over the run it starts (`tuitrain --preset ...`, `tuitrain run SCRIPT`):
+    start the child, attach, return the exit status (the child's own)."""
     from tuitrain.tui.source import LaunchedRun
 
-    proc, lifeline, out = start_child(args)
+    proc, lifeline, out = start_child(child)
     _yield_to_the_run()
-    source = LaunchedRun(proc, lifeline, startup_output=lambda: startup_output(out))
+    source = LaunchedRun(proc, lifeline, startup_output=lambda: startup_output(out), phase=child.phase,
+                         silent=child.silent)
     if make_app is None:
         from tuitrain.tui.app import TuitrainApp
         from tuitrain.tui.system import SystemSampler
@@ -223,6 +293,15 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
             return 0 if source.detached else 1
         return exit_status(end.status, RunSummary.from_dict(end.summary).signal)
 
+    def close(code: int) -> None:
+        """A forwarded signal ended the run and the dashboard is still open: close it (q and d close it themselves)."""
+        if app.exit_code is not None:
+            return
+        try:
+            app.call_from_thread(app.exit, code, code)
+        except RuntimeError:
+            pass  # the app already stopped
+
     def hangup_leaves() -> None:
         """--on-hangup detach: the run stays as it is (the forwarded SIGHUP told it so); this viewer goes."""
         while not returned.wait(TERMINAL_CHECK):
@@ -234,34 +313,40 @@ def run_attached(args: Sequence[str], *, on_hangup: str = "save-exit",
                     pass  # the app already stopped
                 return
 
-    threading.Thread(target=_exit_watchdog, args=(wants_exit, run_over, returned, status, ttys),
+    threading.Thread(target=_exit_watchdog, args=(wants_exit, run_over, returned, status, ttys, close),
                      name="tuitrain-exit-watchdog", daemon=True).start()
     threading.Thread(target=_watch_terminal, args=(forwarder.terminal_lost, returned, ttys),
                      name="tuitrain-terminal-watch", daemon=True).start()
     if on_hangup == "detach":
         threading.Thread(target=hangup_leaves, name="tuitrain-hangup-detach", daemon=True).start()
     try:
-        app.run()
+        try:
+            app.run()
+        finally:
+            returned.set()
+            source.close()
+        # Signals still go to the child while we wait for it to exit (a script may have work left).
+        return _after_attached(app, source, proc, out, forwarder.received, on_hangup, child)
     finally:
-        returned.set()
         forwarder.restore()
-        source.close()
-    try:
-        return _after_attached(app, source, proc, out, forwarder.received, on_hangup)
-    finally:
         lifeline.close()
         out.close()
 
 
 def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.Popen[bytes], out: Any,
-                    received: int | None, on_hangup: str) -> int:
+                    received: int | None, on_hangup: str, child: Child) -> int:
     """The dashboard has closed: say what happened to the run, and return the exit status."""
     hung_up = received == HANGUP
     if source.failed_start is not None:
         text = startup_output(out).rstrip()
         if text:
             _say(text, err=source.failed_start != 0)
+        if child.script is not None:
+            _say(f"tuitrain: {child.script} exited with status {source.failed_start} before it called "
+                 f"tuitrain.attach()", err=True)
         return source.failed_start
+    if source.unrecorded is not None:
+        return _follow_unrecorded(proc, out, source.unrecorded, child)
     run_dir = source.run_dir
     if source.detached or (hung_up and on_hangup == "detach"):
         source.detach()
@@ -273,22 +358,74 @@ def _after_attached(app: "TuitrainApp", source: "LaunchedRun", proc: subprocess.
         _say(f"tuitrain: the dashboard closed unexpectedly; the run keeps training (pid {proc.pid}): "
              f"tuitrain watch {run_dir}", err=True)
         return 1
-    if run_dir is None and proc.poll() is None:
+    never_attached = run_dir is None and proc.poll() is None
+    if never_attached:
         os.kill(proc.pid, signal.SIGTERM)  # closed before the run could start: nothing to keep
-    try:
-        code = proc.wait(timeout=RUN_EXIT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        _say(f"tuitrain: the run (pid {proc.pid}) did not exit within {RUN_EXIT_TIMEOUT:.0f} s; "
-             f"it is still in {run_dir}", err=True)
+    code = _wait_child(proc, child, run_dir)
+    if code is None:
         return 1
-    code = process_status(code)
     end = app.last_end
     _print_final(end, app.state.metric, hung_up)
     if end is None and code != 0:
         text = startup_output(out).rstrip()
         if text:
             _say(text, err=True)
+        if run_dir is not None:
+            _say(f"tuitrain: the run's process exited with status {code} before its record ended; "
+                 f"its output is in {run_dir}/output.log", err=True)
+    if never_attached and child.script is not None:
+        _say(f"tuitrain: {child.script} had not called tuitrain.attach(); ended it (exit status {code})",
+             err=True)
     return code
+
+
+def _follow_unrecorded(proc: subprocess.Popen[bytes], out: Any, why: str, child: Child) -> int:
+    """A script whose attach() could not record trains on unseen: show its output here until it exits
+    (signals are still passed to it), and return its status."""
+    _say(f"tuitrain: {why}; {child.script or 'the run'} trains on without the dashboard (pid {proc.pid}); "
+         f"its output follows", err=True)
+    offset, shown = 0, True
+    while True:
+        done = proc.poll() is not None
+        while True:
+            try:
+                data = os.pread(out.fileno(), 1 << 16, offset)
+            except (OSError, ValueError):
+                data = b""
+            if not data:
+                break
+            offset += len(data)
+            if shown:
+                try:
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.flush()
+                except (OSError, ValueError, AttributeError):
+                    shown = False  # the terminal is gone: keep waiting for the script all the same
+        if done:
+            return process_status(proc.returncode)
+        try:
+            proc.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+#: Seconds the child gets to exit after its run ended before we say what we are waiting for.
+EXIT_NOTE_AFTER = 2.0
+
+
+def _wait_child(proc: subprocess.Popen[bytes], child: Child, run_dir: Path | None) -> int | None:
+    """The child's exit status once it exits; None (said on stderr) when it outlasts child.exit_timeout."""
+    timeout = child.exit_timeout
+    try:
+        return process_status(proc.wait(timeout=EXIT_NOTE_AFTER if timeout is None else timeout))
+    except subprocess.TimeoutExpired:
+        if timeout is not None:
+            _say(f"tuitrain: the run (pid {proc.pid}) did not exit within {timeout:.0f} s; "
+                 f"it is still in {run_dir}", err=True)
+            return None
+    where = f"; its output goes to {run_dir}/output.log" if run_dir is not None else ""
+    _say(f"tuitrain: waiting for {child.script} (pid {proc.pid}) to exit{where}", err=True)
+    return process_status(proc.wait())
 
 
 # -- the in-process shape ----------------------------------------------------------------------

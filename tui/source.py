@@ -99,6 +99,12 @@ class RunSource:
         """The exit status of a run that ended before it could be attached, else None."""
         return None
 
+    @property
+    def unrecorded(self) -> str | None:
+        """Why the run cannot be recorded, when it said so (a script's attach() failed; it trains on
+        unseen): the dashboard closes and the launcher shows the script's output instead."""
+        return None
+
     def offered(self) -> frozenset[str]:
         """The actions this viewer offers (the keys table is filtered by it)."""
         actions = set(VIEW_ACTIONS) | STEER_ACTIONS
@@ -281,8 +287,10 @@ class LaunchedRun(RunSource):
     """The run this dashboard started: a child process (tui/launch.py) we attach to once it serves.
 
     Until then the lifeline (engine/lifeline.py) says what the run is doing
-    ("importing torch", "building the model"). Once the child reports its run
-    directory, a RemoteRun follows metrics.jsonl and steers over control.sock,
+    ("importing torch", "building the model"; a user's script says "attaching"
+    when it calls tuitrain.attach(), and until then the status bar names it).
+    Once the child reports its run directory, a RemoteRun follows metrics.jsonl
+    and steers over control.sock,
     exactly as `tuitrain watch` does; `d` tells the child over the lifeline to
     keep training, and the viewer simply leaves.
     """
@@ -290,8 +298,11 @@ class LaunchedRun(RunSource):
     can_detach = True
     quit_on_detach = True
 
+    #: Seconds of silence on the lifeline before the status bar says `silent` instead of the first phase.
+    SILENT_AFTER = 8.0
+
     def __init__(self, proc: Any, lifeline: "ViewerEnd", *, startup_output: Callable[[], str] | None = None,
-                 poll_interval: float | None = None) -> None:
+                 poll_interval: float | None = None, phase: str = "starting", silent: str | None = None) -> None:
         super().__init__()
         self._startup_output = startup_output
         self.proc = proc
@@ -299,8 +310,11 @@ class LaunchedRun(RunSource):
         self.pid = proc.pid
         self.run_dir: Path | None = None
         self.remote: "RemoteRun | None" = None
-        self._phase: str | None = "starting"
+        self._phase: str | None = phase
+        self._silent = silent
+        """What to say when the child stays silent (a user's script that has not called attach() yet)."""
         self._exited_early: int | None = None
+        self._unrecorded: str | None = None
         self._closed = threading.Event()
         self._poll_interval = poll_interval
 
@@ -311,6 +325,10 @@ class LaunchedRun(RunSource):
     @property
     def failed_start(self) -> int | None:
         return self._exited_early
+
+    @property
+    def unrecorded(self) -> str | None:
+        return self._unrecorded
 
     def run(self) -> Any:
         try:
@@ -329,17 +347,26 @@ class LaunchedRun(RunSource):
 
     def _wait_ready(self) -> Path | None:
         """Read the lifeline until the child says where it runs, or exits first."""
+        quiet_until: float | None = time.monotonic() + self.SILENT_AFTER if self._silent else None
         while not self._closed.is_set():
+            if quiet_until is not None and time.monotonic() > quiet_until:
+                quiet_until, self._phase = None, self._silent
+                self.note("info", f"{self._silent}; q ends it")
             for message in self.lifeline.read(timeout=0.05):
+                quiet_until = None  # it speaks: its phases say the rest
                 if "phase" in message:
                     self._phase = str(message["phase"])
+                elif "failed" in message:
+                    self._unrecorded = str(message["failed"])[:1000]
+                    return None
                 elif "ready" in message:
                     self.run_dir = Path(str(message["ready"]))
                     self._phase = "first step"
                     said = self._startup_output() if self._startup_output else ""
-                    for line in said.splitlines():  # warnings printed while it started (--threads ...)
+                    for line in said.splitlines():  # printed while it started: warnings (--threads ...), a script's own
                         if line.strip():
-                            self.note("warning", line.removeprefix("tuitrain: warning: "))
+                            level = "warning" if "warning" in line.lower() else "info"
+                            self.note(level, line.removeprefix("tuitrain: warning: "))
                     return self.run_dir
             code = self.proc.poll()
             if code is not None and not self.lifeline.pending():

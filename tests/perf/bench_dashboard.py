@@ -271,11 +271,12 @@ def _burn(stop_at: float) -> None:
 async def _key_latency(presses: int) -> list[float]:
     """p in the dashboard attached to a real child run, until its state shows the run's answer."""
     from tuitrain.tui.app import TuitrainApp
-    from tuitrain.tui.launch import _yield_to_the_run, start_child
+    from tuitrain.tui.launch import _yield_to_the_run, preset_child, start_child
     from tuitrain.tui.source import LaunchedRun
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, lifeline, out = start_child(["--preset", "circles", "--epochs", "100000", "--run-dir", f"{tmp}/r"])
+        proc, lifeline, out = start_child(preset_child(["--preset", "circles", "--epochs", "100000",
+                                                          "--run-dir", f"{tmp}/r"]))
         _yield_to_the_run()  # as run_attached does
         app = TuitrainApp(LaunchedRun(proc, lifeline))
         latencies = []
