@@ -247,7 +247,7 @@ class RunDir:
         a regular file. The caller holds the returned lock for the run's life.
         """
         if not resume:
-            self._refuse_foreign()
+            self.refuse_foreign()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -256,20 +256,22 @@ class RunDir:
         try:
             check_run_files(self.path)
             if not resume:
-                self._refuse_foreign()  # again, now that no other run can start here
+                self.refuse_foreign()  # again, now that no other run can start here
             self.create(resume=resume)
         except BaseException:
             lock.release()
             raise
         return lock
 
-    def _refuse_foreign(self) -> None:
+    def refuse_foreign(self, *, resumable: bool = True) -> None:
+        """A new run goes only into a new or empty folder; RunDirError (one line) otherwise.
+        `resumable`: the message may offer --resume (a preset's run; not a user's script)."""
         foreign = foreign_entries(self.path)
         if not foreign:
             return
         if any(name in foreign for name in ("metrics.jsonl", "config.json", "summary.json", "checkpoints")):
-            raise RunDirError(f"{self.path} already holds a run; use --resume {self.path} to continue it, "
-                              "or choose another --run-dir")
+            offer = f"use --resume {self.path} to continue it, or " if resumable else ""
+            raise RunDirError(f"{self.path} already holds a run; {offer}choose another --run-dir")
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise RunDirError(f"{self.path} is not empty (it holds {shown}); a new run goes into a new or empty "
                           "folder: choose another --run-dir")

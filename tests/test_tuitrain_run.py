@@ -75,6 +75,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_is_started_or_written(
     before = snapshot(tmp_path)
     rc, out, err = in_process("run", *args)
     assert_usage_error(rc, err, needle)
+    assert "--resume" not in err, "a script's run is not resumed by tuitrain"
     assert out == ""
     assert snapshot(tmp_path) == before
     assert not (tmp_path / "runs").exists()

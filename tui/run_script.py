@@ -146,7 +146,7 @@ def choose_run_dir(given: str | None, stem: str) -> Path:
         path = check_path(given, "--run-dir") if given is not None else new_run_path("runs", stem)
         if path.exists() and not path.is_dir():
             raise UsageError(f"--run-dir: {path} is not a folder")
-        RunDir(path)._refuse_foreign()  # the check attach() makes when it claims the folder, made now
+        RunDir(path).refuse_foreign(resumable=False)  # the check attach() makes when it claims the folder, made now
         return check_path(path.absolute(), "--run-dir")
     except RunDirError as exc:
         raise UsageError(str(exc)) from None
