@@ -517,3 +517,29 @@ def test_an_lr_above_100x_the_current_one_asks_for_a_second_enter() -> None:
             assert [c.lr for c in taken(trainer)] == [0.5]
 
     run_async(body)
+
+
+def test_a_constant_lr_or_loss_is_labelled_with_its_value_not_float_noise() -> None:
+    """A user's loop with a fixed LR and no plan (and a loss that does not move): one clean label."""
+    flat = [ev.StepStats(i + 24, T0 + i, epoch=1, steps=list(range(i, i + 25)), loss=[1.0] * 25, lr=[0.1] * 25,
+                         grad_norm=None, epoch_step=i + 24, steps_per_epoch=200, steps_per_sec=100.0,
+                         samples_per_sec=0.0) for i in range(1, 100, 25)]
+    trainer = FakeTrainer([run_started(T0), *flat])
+
+    async def body() -> None:
+        from tuitrain.tui.app import TuitrainApp
+        from tuitrain.tui.widgets.loss_plot import LossPlot
+        from tuitrain.tui.widgets.lr_plot import LRPlot
+
+        sampler = FakeSampler()
+        app = TuitrainApp(InProcessRun(trainer), sampler=sampler)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.state.step == 100 and not app.query_one(LRPlot).waiting, "the steps")
+            await ticks(pilot, sampler, 2)
+            for plot, label in ((LRPlot, "0.1"), (LossPlot, "1")):
+                text = widget_text(app.query_one(plot))
+                assert f"{label}┤" in text.replace(" ", ""), text
+                assert "0000000" not in text and "9999999" not in text, text
+            app.exit()
+
+    run_async(body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from tuitrain.tui.state import DashboardState
-from tuitrain.tui.widgets.plot_base import RUN_COMPONENTS, TrainPlot, finite_pairs, log10_all
+from tuitrain.tui.widgets.plot_base import RUN_COMPONENTS, TrainPlot, finite_pairs, flat, log10_all
 
 MARK_COMPONENTS = {"lr": "loss-plot--mark-lr", "pause": "loss-plot--mark-pause",
                    "checkpoint": "loss-plot--mark-checkpoint", "nan": "loss-plot--mark-nan"}
@@ -64,6 +64,8 @@ class LossPlot(TrainPlot):
         all_y = y + (sy if smoothing > 0 else []) + vy
         if log_scale and all_y:
             self.log_yticks(min(all_y), max(all_y))
+        elif all_y and flat(min(all_y), max(all_y)):
+            self.linear_yticks(min(all_y), max(all_y))  # a loss that does not move: one clean label
         self.finish()
 
     def _compare(self, runs: Sequence[tuple[str, DashboardState]], *, smoothing: float, log_scale: bool) -> None:

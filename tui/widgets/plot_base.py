@@ -22,6 +22,11 @@ LegendItem = tuple[str, "tuple[int, int, int] | str", str]
 RUN_COMPONENTS = ("plot--run-0", "plot--run-1", "plot--run-2", "plot--run-3", "plot--run-4", "plot--run-5")
 
 
+def flat(lo: float, hi: float) -> bool:
+    """No range to draw: equal, or apart only by float noise (a smoothed constant is 1.00000000000000022)."""
+    return hi - lo <= 1e-9 * max(abs(lo), abs(hi), 1e-300)
+
+
 class TrainPlot(PlotextPlot):
     """A PlotextPlot with colours from tcss and helpers for thinned series."""
 
@@ -82,8 +87,14 @@ class TrainPlot(PlotextPlot):
         self.plt.xticks(ticks, [fmt_tick(t) for t in ticks])
 
     def linear_yticks(self, lo: float, hi: float, count: int = 3) -> None:
-        """A few round values on a linear y axis (0.002, 0.004 ...), not plotext's 0.0083-style ones."""
-        if hi <= lo:
+        """A few round values on a linear y axis (0.002, 0.004 ...), not plotext's 0.0083-style ones.
+
+        A constant (a fixed LR, a loss that does not move) is one labelled value in the middle of a
+        range around it: plotext would label its zero-width range 1.00000000000000022."""
+        if flat(lo, hi):
+            pad = abs(lo) * 0.1 or 1.0
+            self.plt.ylim(lo - pad, lo + pad)
+            self.plt.yticks([lo], [f"{lo:.4g}"])
             return
         ticks = [t for t in nice_ticks(lo, hi, count) if lo <= t <= hi]
         if len(ticks) >= 2:
