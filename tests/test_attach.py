@@ -373,3 +373,36 @@ def test_resuming_a_users_loop_with_tuitrain_says_to_load_it_in_the_script(tmp_p
         run.step(loss=1.0)
     rc, out, err = in_process("--resume", str(R), "--headless")
     assert_usage_error(rc, err, "saved from your own training loop", "weights_only=True")
+
+
+def test_a_script_whose_dashboard_dies_saves_and_ends_interrupted(tmp_path: Path) -> None:
+    """`tuitrain run`'s contract from the script's side: ready over the lifeline, then the viewer's end
+    closes without a detach (the dashboard was SIGKILLed): the loop stops at its next step."""
+    from tuitrain.engine.lifeline import LIFELINE_ENV, RUN_DIR_ENV, pair
+
+    R = tmp_path / "R"
+    viewer, fd = pair()
+    env = {**os.environ, LIFELINE_ENV: str(fd), RUN_DIR_ENV: str(R)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "examples" / "train_loop.py"), "--epochs", "100000"],
+                            cwd=tmp_path, env=env, pass_fds=(fd,), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    os.close(fd)
+    try:
+        said: list[dict[str, Any]] = []
+        wait_until(lambda: said.extend(viewer.read(0.05)) or any("ready" in m for m in said), timeout=60,
+                   what="ready on the lifeline")
+        assert [m for m in said if "phase" in m] == [{"phase": "attaching"}]
+        assert next(m for m in said if "ready" in m) == {"ready": str(R), "pid": proc.pid}
+        wait_until(lambda: events(R, "started") and [r for r in records(R) if r["kind"] == "step"],
+                   what="training")
+        viewer.close()  # as the kernel does when the dashboard dies
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads((R / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == signal.SIGHUP
+    assert "went away" in summary["reason"]
+    assert torch.load(R / "checkpoints" / "latest.pt", weights_only=True)["step"] == summary["steps"]
+    assert (R / "output.log").exists(), "after ready the script's output goes to the run directory"
