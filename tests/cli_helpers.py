@@ -63,6 +63,24 @@ def in_process(*args: str | os.PathLike[str]) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def train_in_process(*args: str | os.PathLike[str], cwd: Path) -> tuple[str, str]:
+    """A training run made by tuitrain.tui.cli.main(args) in this process (cwd for its duration):
+    (stdout, stderr); fails unless it exits 0.
+
+    For the run directories that tests then read, resume or watch: the same code as the console
+    script without the seconds of a new interpreter and its torch import. Tests of what the
+    installed command itself does (exit status, signals, imports, output) keep `tuitrain`.
+    """
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        rc, out, err = in_process(*args)
+    finally:
+        os.chdir(before)
+    assert rc == 0, err
+    return out, err
+
+
 def assert_usage_error(rc: int, stderr: str, *needles: str) -> str:
     """Exit 2 and exactly one line on stderr, 'tuitrain: error: ...' containing each needle."""
     lines = stderr.splitlines()

@@ -238,15 +238,18 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return work
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def circles_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished one-epoch circles run, built once per test module for the checkpoint cases."""
-    from cli_helpers import tuitrain
+    """A finished one-epoch circles run, built once per session for the checkpoint cases.
+
+    Read-only: a test that changes a run copies it first (the tests assert snapshot() unchanged).
+    Trained in this process (the run directory is the same; no interpreter start and torch import).
+    """
+    from cli_helpers import train_in_process
 
     base = tmp_path_factory.mktemp("circles")
     R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
     return R
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import (Proc, handles_signal, ignore_sighup, load_ckpt, read_json, reset_sighup, tuitrain,
-                         write_preset)
+from cli_helpers import (Proc, handles_signal, ignore_sighup, load_ckpt, read_json, reset_sighup, train_in_process,
+                         tuitrain, write_preset)
 from conftest import SLOW, wait_until
 
 from tuitrain.engine.rundir import step_losses
@@ -49,9 +49,8 @@ def test_signal_during_training_saves_and_exits_128_plus_n(tmp_path: Path, sig: 
     assert sorted(step_losses(R / "metrics.jsonl")) == list(range(1, steps + 1))
 
     if sig == signal.SIGINT:  # the saved run continues (once: the save path is the same for all three)
-        r = tuitrain("--resume", R, "--max-steps", str(steps + 20), "--headless", cwd=tmp_path)
-        assert r.returncode == 0, r.stderr
-        assert r.stdout.startswith(f"tuitrain: resuming at step {steps} ")
+        r_out, _ = train_in_process("--resume", R, "--max-steps", str(steps + 20), "--headless", cwd=tmp_path)
+        assert r_out.startswith(f"tuitrain: resuming at step {steps} ")
         after = read_json(R / "summary.json")
         assert (after["status"], after["steps"]) == ("finished", steps + 20)
         assert sorted(step_losses(R / "metrics.jsonl")) == list(range(1, steps + 21))

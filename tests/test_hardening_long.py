@@ -5,8 +5,9 @@
   every line valid. Measured here (a loaded 2-core box): 1M steps in 178 s,
   RSS growth 0.3 MB after warm-up (before the fixes below: 73 MB, and 1.5 GB
   of batch views). The full run is marked slow and runs only with
-  TUITRAIN_SLOW=1; the default suite runs the same check over 60,000 steps
-  (about 10 s, to keep CI short).
+  TUITRAIN_SLOW=1; the default suite runs the same check over 20,000 steps
+  with the bound scaled down to the steps (the same bytes per step: 64 MB
+  per 60,000 steps), to keep CI short.
 - The dashboard's state after a million steps costs what it cost after ten
   thousand: applying a batch of steps and building the loss plot's columns.
 - Ten runs back to back in one process leave no thread, file descriptor,
@@ -35,6 +36,10 @@ from tuitrain.presets.base import Data, Preset
 
 MB = 2**20
 RSS_BOUND = 64 * MB
+#: The shortest run that gets RSS_BOUND whole; a shorter one gets it in proportion (the same growth per step).
+BOUND_STEPS = 60_000
+#: Never tighter than this: the allocator's own noise after warm-up (measured growth: 0.3 MB per 1M steps).
+MIN_BOUND = 16 * MB
 
 
 def _line_preset(n: int) -> Preset:
@@ -67,9 +72,10 @@ def _long_run(tmp_path: Path, steps: int) -> None:
     warm = [rss for step, rss in samples if step >= steps // 10]
     assert len(warm) >= 5, samples
     growth = max(warm) - warm[0]
+    bound = max(MIN_BOUND, RSS_BOUND * min(1.0, steps / BOUND_STEPS))
     print(f"\n{steps:,} steps in {seconds:.1f} s ({steps / seconds:,.0f} steps/s); "
-          f"RSS after warm-up {warm[0] / MB:.0f} MB, growth {growth / MB:.1f} MB")
-    assert growth <= RSS_BOUND, f"RSS grew {growth / MB:.1f} MB after warm-up"
+          f"RSS after warm-up {warm[0] / MB:.0f} MB, growth {growth / MB:.1f} MB (bound {bound / MB:.0f} MB)")
+    assert growth <= bound, f"RSS grew {growth / MB:.1f} MB after warm-up (bound {bound / MB:.0f} MB)"
 
     # Every line valid, every step on record exactly once, in order.
     n = 0
@@ -122,8 +128,8 @@ def test_batches_split_a_chunk_at_a_time_are_the_same_batches(size: int, bs: int
     assert all(torch.equal(a, c) and torch.equal(p, q) for (a, p), (c, q) in zip(got, expected))
 
 
-def test_60k_steps_keep_memory_bounded_and_the_record_valid(tmp_path: Path) -> None:
-    _long_run(tmp_path, 60_000)
+def test_20k_steps_keep_memory_bounded_and_the_record_valid(tmp_path: Path) -> None:
+    _long_run(tmp_path, 20_000)
 
 
 @pytest.mark.slow

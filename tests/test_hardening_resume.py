@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 
 from tuitrain.engine.checkpoint import KEYS
 
-from cli_helpers import snapshot, EXAMPLE, assert_usage_error, in_process, load_ckpt, read_json, tuitrain
+from cli_helpers import (snapshot, EXAMPLE, assert_usage_error, in_process, load_ckpt, read_json, train_in_process,
+                         tuitrain)
 
 TRIED = {"inputs": 0}
 
@@ -36,9 +37,8 @@ def onecycle_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run with a scheduler and Adam, so scheduler and optimizer state are not empty."""
     base = tmp_path_factory.mktemp("onecycle")
     R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "2", "--max-steps", "130", "--optimizer", "adam",
-                 "--scheduler", "onecycle", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--headless", "--epochs", "2", "--max-steps", "130", "--optimizer", "adam",
+                     "--scheduler", "onecycle", "--run-dir", R, cwd=base)
     return R
 
 
@@ -117,15 +117,16 @@ def test_a_named_preset_must_be_the_one_the_checkpoint_recorded(
     assert not (here / "RAN").exists() and not (here / "N").exists()
 
 
-def test_the_users_own_preset_file_resumes_when_named_again(tmp_path: Path) -> None:
+def test_the_users_own_preset_file_resumes_when_named_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--preset FILE with --resume, spelled another way than the recorded absolute path: it resumes."""
     shutil.copy(EXAMPLE, tmp_path / "mine.py")
     R = tmp_path / "R"
     p = tuitrain("--preset", "mine.py", "--headless", "--epochs", "1", "--run-dir", R, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert read_json(R / "config.json")["preset"] == str(tmp_path / "mine.py")
-    refused = tuitrain("--resume", R, "--headless", "--epochs", "2", cwd=tmp_path)
-    assert_usage_error(refused.returncode, refused.stderr, "which is code", f"--preset {tmp_path / 'mine.py'}")
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = in_process("--resume", R, "--headless", "--epochs", "2")  # refused before the file is imported
+    assert_usage_error(rc, err, "which is code", f"--preset {tmp_path / 'mine.py'}")
     assert read_json(R / "summary.json")["epochs"] == 1
     (tmp_path / "sub").mkdir()
     r = tuitrain("--resume", "../R", "--preset", "../mine.py", "--headless", "--epochs", "2", cwd=tmp_path / "sub")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import snapshot, Proc, assert_usage_error, in_process, metrics, read_json, tuitrain
+from cli_helpers import snapshot, Proc, assert_usage_error, in_process, metrics, read_json, train_in_process, tuitrain
 from conftest import wait_until
 
 
@@ -64,7 +64,7 @@ def make_model():
 
 @pytest.mark.parametrize("how", ["resume", "new"])
 def test_a_second_run_on_a_locked_directory_is_refused_during_the_first_ones_setup(
-        tmp_path: Path, how: str) -> None:
+        tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first run holds the lock while it builds its data (stuck until GO): the second is refused."""
     preset = tmp_path / "slow.py"
     preset.write_text(SLOW_SETUP)
@@ -81,8 +81,9 @@ def test_a_second_run_on_a_locked_directory_is_refused_during_the_first_ones_set
     try:
         pid = wait_until(lambda: lock_holder(R), timeout=60, what="the first run's lock")
         assert pid == first.popen.pid
-        second = tuitrain(*args, cwd=tmp_path)
-        assert_usage_error(second.returncode, second.stderr, f"another tuitrain run (pid {pid}) is using {R}")
+        monkeypatch.chdir(tmp_path)
+        rc, _, err = in_process(*args)  # this process is not the lock's holder either
+        assert_usage_error(rc, err, f"another tuitrain run (pid {pid}) is using {R}")
         (tmp_path / "GO").touch()
         rc, _, err = first.finish()
         assert rc == 0, err
@@ -137,8 +138,7 @@ def test_a_stale_lock_file_of_a_killed_run_is_taken_over(tmp_path: Path, circles
     first.popen.kill()
     first.finish()
     assert (R / "run.lock").exists()
-    p = tuitrain("--resume", R, "--headless", "--epochs", "2", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--resume", R, "--headless", "--epochs", "2", cwd=tmp_path)
     assert read_json(R / "summary.json")["epochs"] == 2
 
 
@@ -181,9 +181,8 @@ def test_a_finished_run_without_metrics_keeps_its_files(here: Path, circles_run:
 def test_an_empty_folder_takes_a_new_run(tmp_path: Path) -> None:
     R = tmp_path / "R"
     R.mkdir()
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--max-steps", "5", "--run-dir", R,
-                 cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--headless", "--epochs", "1", "--max-steps", "5", "--run-dir", R,
+                     cwd=tmp_path)
     assert read_json(R / "summary.json")["steps"] == 5
 
 

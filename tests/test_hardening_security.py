@@ -13,9 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
-from cli_helpers import assert_usage_error, cli_env, read_json, tuitrain
+from cli_helpers import assert_usage_error, cli_env, in_process, read_json, train_in_process, tuitrain
 
 
 def _plant(path: str) -> None:
@@ -30,20 +31,21 @@ class _Payload:
         return (open, (str(self.marker), "w"))
 
 
-def test_a_malicious_latest_pt_in_a_run_directory_is_refused_and_never_run(tmp_path: Path) -> None:
+def test_a_malicious_latest_pt_in_a_run_directory_is_refused_and_never_run(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     base = tmp_path / "base"
     base.mkdir()
     R = base / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--headless", "--epochs", "1", "--run-dir", R, cwd=base)
     marker = tmp_path / "MARKER"
     state = torch.load(R / "checkpoints" / "latest.pt", weights_only=True)
     state["config"]["note"] = _Payload(marker)  # hidden inside a nested dict, keys unchanged
     torch.save(state, R / "checkpoints" / "latest.pt")
     before = sorted(p.name for p in R.rglob("*"))
 
-    r = tuitrain("--resume", R, "--headless", cwd=base)
-    assert_usage_error(r.returncode, r.stderr, "refusing to load", "pickled Python objects")
+    monkeypatch.chdir(base)
+    rc, _, err = in_process("--resume", R, "--headless")  # in this process: a payload that ran would plant the marker
+    assert_usage_error(rc, err, "refusing to load", "pickled Python objects")
     assert not marker.exists()
     assert sorted(p.name for p in R.rglob("*")) == before
     # The payload is live: the unsafe load runs it.

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from cli_helpers import cli_env, in_process, tuitrain
+from cli_helpers import cli_env, in_process, train_in_process, tuitrain
 from conftest import wait_until
 from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
                                step_records, until, wait_event)
@@ -167,7 +167,7 @@ def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -
     pid = None
     client = None
     try:
-        pid = detach(R, tmp_path, "--epochs", "60")
+        pid = detach(R, tmp_path, "--epochs", "24")
         client = subprocess.Popen([sys.executable, "-c", CLIENT, str(R)], stdout=subprocess.PIPE, text=True,
                                   env=cli_env(), stdin=subprocess.DEVNULL)
         assert client.stdout.readline().strip() == "connected"
@@ -180,7 +180,7 @@ def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -
         wait_for(lambda: not pid_alive(pid), "the run to finish", timeout=120)
         summary = json.loads((R / "summary.json").read_text())
         assert summary["status"] == "finished"
-        assert summary["steps"] == 60 * 125 == last_step(R)
+        assert summary["steps"] == 24 * 125 == last_step(R)
     finally:
         if client is not None and client.poll() is None:
             client.kill()
@@ -189,8 +189,7 @@ def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -
 
 def test_watching_a_finished_run_is_a_read_only_replay(tmp_path: Path) -> None:
     R = tmp_path / "R"
-    p = tuitrain("--preset", "circles", "--epochs", "3", "--headless", "--run-dir", R, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--epochs", "3", "--headless", "--run-dir", R, cwd=tmp_path)
 
     async def body() -> None:
         app = watcher(R)
@@ -268,9 +267,8 @@ def test_watching_two_runs_overlays_them_read_only(tmp_path: Path) -> None:
     runs = {}
     for name, lr in (("slow-lr", "0.001"), ("fast-lr", "0.03")):
         runs[name] = tmp_path / name
-        p = tuitrain("--preset", "circles", "--epochs", "2", "--lr", lr, "--headless", "--run-dir", runs[name],
-                     cwd=tmp_path)
-        assert p.returncode == 0, p.stderr
+        train_in_process("--preset", "circles", "--epochs", "2", "--lr", lr, "--headless", "--run-dir", runs[name],
+                         cwd=tmp_path)
 
     async def body() -> None:
         from tuitrain.tui.watch import make_app
@@ -305,8 +303,7 @@ def test_watch_progress_shows_the_runs_step_in_its_epoch_across_reads(tmp_path: 
     from tuitrain.tui.state import DashboardState
 
     R = tmp_path / "R"
-    p = tuitrain("--preset", "circles", "--headless", "--max-steps", "300", "--run-dir", R, cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    train_in_process("--preset", "circles", "--headless", "--max-steps", "300", "--run-dir", R, cwd=tmp_path)
     remote, state = RemoteRun(R, chunk_bytes=2048), DashboardState()
     remote.first_frame.set()
     reader = threading.Thread(target=remote.run, daemon=True)
