@@ -10,6 +10,7 @@ see every event synchronously.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,11 @@ from tuitrain.presets.base import Data, Preset
 #: TUITRAIN_SLOW=1 runs the long sweeps, fuzz loops and stress runs at their full size; the default
 #: suite (what a developer runs before a commit) keeps a short case of each. One switch for all tests.
 SLOW = os.environ.get("TUITRAIN_SLOW") == "1"
+
+# pytest started with SIGINT ignored (`pytest &` from a script) would pass that on to every tuitrain
+# it starts, and the tests of what SIGINT does would fail for the way they were started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: Marks a parametrization case that only TUITRAIN_SLOW=1 runs (more of a sweep the default run samples).
 only_slow = pytest.mark.skipif(not SLOW, reason="the full sweep runs with TUITRAIN_SLOW=1")
