@@ -226,3 +226,18 @@ def test_a_crash_in_a_real_terminal_restores_it_and_the_run_trains_on(tmp_path: 
     finally:
         tmux.kill()
         end_run(pid)
+
+
+def test_the_dashboards_own_run_that_ended_before_it_attached_is_not_called_a_replay(circles_run: Path) -> None:
+    """A run that fails in its first second is over before its dashboard follows it: that is its end
+    (the record says how), not a read-only replay of someone else's run (the line pushed the
+    traceback off a 40-line screen)."""
+    from tuitrain.tui.remote_run import RemoteRun
+
+    own = RemoteRun(circles_run, announce=False)
+    own.run()
+    assert not [n.text for n in own.notes if "replaying" in n.text]
+    assert own.end_event is not None and own.end_event.status == "finished"
+    watcher = RemoteRun(circles_run)
+    watcher.run()
+    assert any("the run is over (finished); replaying it read-only" in n.text for n in watcher.notes)

@@ -174,7 +174,9 @@ class RemoteRun:
 
         self.state = run_state(self.run_dir)
         if self.state != "live":
-            if self.state in END_STATUSES:
+            if self.state in END_STATUSES and self.announce:
+                # (not for the run this dashboard started: one that ended before the dashboard attached,
+                # a crash in its first second, is that run's end, said by its record, not a replay)
                 self.note("info", f"{self.run_dir}: the run is over ({self.state}); replaying it read-only")
             return
         try:
