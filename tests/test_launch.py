@@ -69,8 +69,10 @@ def summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def end_run(pid: int | None) -> None:
-    """Cleanup: a run a failing test left behind."""
+def end_run(run_dir: Path, pid: int | None = None) -> None:
+    """Cleanup: a run a failing test left behind (the pid run.pid names when the test failed before it
+    had the pid: a run left training for ever otherwise, taking a core from every later test)."""
+    pid = pid if pid is not None else run_pid(run_dir)
     if pid is not None and alive(pid):
         os.kill(pid, signal.SIGKILL)
 
@@ -112,7 +114,7 @@ def test_d_returns_at_once_and_the_same_process_keeps_training(tmp_path: Path) -
         os.kill(pid, signal.SIGTERM)
         wait_until(lambda: (summary(R) or {}).get("status") == "interrupted", DEADLINE, "the run to end")
     finally:
-        end_run(pid)
+        end_run(R, pid)
 
 
 def test_a_killed_dashboard_makes_the_run_save_and_end_interrupted(tmp_path: Path) -> None:
@@ -134,7 +136,7 @@ def test_a_killed_dashboard_makes_the_run_save_and_end_interrupted(tmp_path: Pat
         assert (R / "checkpoints" / "latest.pt").is_file()
         assert took < 10, took
     finally:
-        end_run(pid)
+        end_run(R, pid)
         if proc.poll() is None:
             proc.kill()
 
@@ -152,7 +154,7 @@ def test_sigterm_on_the_dashboard_is_passed_to_the_run_and_its_status_returned(t
         assert s is not None and s["status"] == "interrupted" and s["signal"] == signal.SIGTERM
         assert (R / "checkpoints" / "latest.pt").is_file()
     finally:
-        end_run(run_pid(R))
+        end_run(R)
         if proc.poll() is None:
             proc.kill()
 
@@ -174,7 +176,7 @@ def test_a_crash_in_the_dashboard_leaves_the_run_training_and_says_how_to_reatta
         wait_until(lambda: (summary(R) or {}).get("status") == "interrupted", DEADLINE, "the run to end")
         assert (R / "checkpoints" / "latest.pt").is_file()
     finally:
-        end_run(pid)
+        end_run(R, pid)
 
 
 def test_bad_input_found_by_the_run_is_one_line_and_its_exit_status(tmp_path: Path) -> None:
@@ -225,7 +227,7 @@ def test_a_crash_in_a_real_terminal_restores_it_and_the_run_trains_on(tmp_path: 
         wait_until(lambda: last_step(R) > at_crash + 50, DEADLINE, "the run to keep training")
     finally:
         tmux.kill()
-        end_run(pid)
+        end_run(R, pid)
 
 
 def test_the_dashboards_own_run_that_ended_before_it_attached_is_not_called_a_replay(circles_run: Path) -> None:
