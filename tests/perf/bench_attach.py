@@ -5,7 +5,10 @@
 Circles-sized work on the CPU (a 2-32-32-2 MLP, SGD with momentum and a cosine schedule, one
 thread), the worst case for a per-step cost: each step is ~1 ms. The two sides alternate in one
 process (A, B, A, B ...), each on freshly seeded objects, and the figure is the median of the
-paired ratios (target >= 0.97). Not part of the test run.
+paired ratios (target >= 0.97). On a machine whose speed drifts by more than the cost being
+measured, the paired ratios scatter by +/-0.1; so it also times the per-step cost itself, on one
+model, alternating six times: one training step without attach, with attach's optimizer hooks, and
+with the hooks and run.step() (the flushes included at the default interval). Not part of the test run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,39 @@ def loop(steps: int, batch: int, run_dir: Path | None) -> float:
     return steps / seconds
 
 
+def per_step_cost(reps: int = 6, n: int = 2000) -> dict[str, float]:
+    """Median microseconds of one small training step: plain, with the hooks, with hooks and run.step()."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y, loss_fn = torch.randn(32, 2), torch.zeros(32, dtype=torch.long), nn.CrossEntropyLoss()
+
+    def one() -> torch.Tensor:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    def micros(step: object) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            step()  # type: ignore[operator]
+        return (time.perf_counter() - start) / n * 1e6
+
+    for _ in range(300):
+        one()
+    times: dict[str, list[float]] = {"plain": [], "hooks": [], "hooks + run.step()": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(reps):
+            times["plain"].append(micros(one))
+            run = tuitrain.attach(run_dir=Path(tmp) / f"cost-{i}", model=model, optimizer=opt)
+            times["hooks"].append(micros(one))
+            times["hooks + run.step()"].append(micros(lambda: run.step(loss=one())))
+            run.close()
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
@@ -74,6 +110,10 @@ def main() -> None:
     spread = (max(ratios) - min(ratios)) / 2
     print(f"attached / plain: median of paired ratios {statistics.median(ratios):.3f} (+/- {spread:.3f}), "
           f"geometric mean {math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}")
+    cost = per_step_cost()
+    plain = cost["plain"]
+    print("one training step, median of 6 alternating runs: " + ", ".join(
+        f"{k} {v:.1f} us ({plain / v:.3f}x)" for k, v in cost.items()))
 
 
 if __name__ == "__main__":
