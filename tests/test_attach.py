@@ -81,6 +81,14 @@ class Loop:
         self.thread.start()
         return self
 
+    def end(self) -> None:
+        """Cleanup: a failing test must not leave the loop training in this process (it would take a core
+        and the interpreter from every later test)."""
+        self.max_steps = 0
+        if self.run.paused:  # held inside run.step(): only a stop lets it go
+            self.run.commands.put(Stop(reason="the test ended"))
+        self.thread.join(timeout=30)
+
     def join(self) -> None:
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the loop did not end"
@@ -100,6 +108,13 @@ def connect(run_dir: Path) -> ControlClient:
 def test_pause_lr_save_resume_stop_steer_the_users_own_loop(tmp_path: Path) -> None:
     R = tmp_path / "R"
     loop = Loop(R).start()
+    try:
+        _steer_the_loop(R, loop)
+    finally:
+        loop.end()
+
+
+def _steer_the_loop(R: Path, loop: Loop) -> None:
     client = connect(R)
     try:
         wait_until(lambda: loop.steps >= 20, what="some steps")
