@@ -475,13 +475,7 @@ class Run:
         if not self.commands.pending():
             return []
         self._guard(self._answer_dropped)
-        taken = []
-        for _ in range(self.commands.max_pending + 1):
-            command = self.commands.get_nowait()
-            if command is None:
-                break
-            taken.append(command)
-        return taken
+        return self.commands.take_all()
 
     def _next_sync(self) -> int:
         """Rank 0: the step of the next sync, about one log interval ahead at the speed since the last."""
@@ -565,16 +559,12 @@ class Run:
     # -- commands ------------------------------------------------------------------------
     def _handle_commands(self) -> None:
         self._answer_dropped()
-        applied = False
-        for _ in range(self.commands.max_pending + 1):
-            command = self.commands.get_nowait()
-            if command is None:
-                break
+        commands = self.commands.take_all()
+        for command in commands:
             self._apply(command)
-            applied = True
         if self.paused:
             self._pause_loop()
-        elif applied:
+        elif commands:
             assert self._rundir is not None
             self._rundir.flush()  # the answer on the record now: viewers show it at once
 

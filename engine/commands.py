@@ -224,6 +224,17 @@ class CommandQueue:
         self._any = (self._stop is not None or self._signal_stop is not None or bool(self._items)
                      or bool(self._dropped))
 
+    def take_all(self) -> list[Command]:
+        """What waits now, at most one queue's worth: commands that keep arriving wait for the next step."""
+        taken: list[Command] = []
+        with self._cond:
+            for _ in range(self.max_pending + 1):
+                command = self._take()
+                if command is None:
+                    break
+                taken.append(command)
+        return taken
+
     def get_nowait(self) -> Command | None:
         with self._cond:
             return self._take()

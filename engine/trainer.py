@@ -934,16 +934,12 @@ class Trainer:
     def _handle_commands(self) -> None:
         """Apply what waits, at most one queue's worth: commands that keep arriving wait for the next step."""
         self._answer_dropped()
-        applied = False
-        for _ in range(self.commands.max_pending + 1):
-            command = self.commands.get_nowait()
-            if command is None:
-                break
+        commands = self.commands.take_all()
+        for command in commands:
             self._apply(command)
-            applied = True
         if self.paused:
             self._pause_loop()
-        elif applied:
+        elif commands:
             self.rundir.flush()  # the answer on the record now, not at the next flush: viewers show it at once
 
     def _answer_dropped(self) -> None:

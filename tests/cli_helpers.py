@@ -201,3 +201,12 @@ def ignore_sighup() -> None:
     """preexec_fn: start the child the way nohup does."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a child not yet reaped has exited for the tests' purpose)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")

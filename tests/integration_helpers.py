@@ -1,4 +1,5 @@
-"""Shared by the framework integration tests: the run's record, the control socket, and one steering script.
+"""Shared by the tests of runs from a user's own loop (attach, the framework callbacks): the run's record,
+the control socket, and one steering script.
 
 No framework imports here: each test module imports its own (Lightning, transformers), so the
 rest of the suite never pays for them.
@@ -16,21 +17,11 @@ import pytest
 import torch
 
 from conftest import wait_until
+from dashboard_helpers import events_named as events, records  # noqa: F401 - the record's readers, for the tests
 from tuitrain.engine.commands import Pause, Resume, SaveCheckpoint, SetLR, Stop
 from tuitrain.engine.control import ControlClient
 
 STEERING = ("paused", "lr_changed", "checkpoint", "resumed", "stopped")
-
-
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    return [r for r in records(run_dir) if r.get("kind") == "event" and r.get("event") == name]
 
 
 def connect(run_dir: Path) -> ControlClient:

@@ -22,22 +22,11 @@ from torch import nn
 
 import tuitrain
 from conftest import wait_until
+from integration_helpers import connect, events, records
 from test_hardening_disk import fill, tmpfs  # noqa: F401 - a small tmpfs of our own, and filling it
 from tuitrain.engine.commands import Pause, Resume, SaveCheckpoint, SetLR, Stop
-from tuitrain.engine.control import ControlClient
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def events(run_dir: Path, name: str) -> list[dict[str, Any]]:
-    return [r for r in records(run_dir) if r.get("kind") == "event" and r.get("event") == name]
 
 
 class Loop:
@@ -93,16 +82,6 @@ class Loop:
         self.thread.join(timeout=30)
         assert not self.thread.is_alive(), "the loop did not end"
         assert self.error is None, repr(self.error)
-
-
-def connect(run_dir: Path) -> ControlClient:
-    def attempt() -> ControlClient | None:
-        try:
-            return ControlClient.connect(run_dir)
-        except Exception:  # noqa: BLE001 - not serving yet
-            return None
-
-    return wait_until(attempt, what="the run's control socket")
 
 
 def test_pause_lr_save_resume_stop_steer_the_users_own_loop(tmp_path: Path) -> None:

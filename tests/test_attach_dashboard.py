@@ -13,7 +13,8 @@ import pytest
 
 from dashboard_helpers import (SIZE, FakeSampler, log_text, progress_text, run_async, status_text, until,
                                wait_event)
-from test_attach import Loop, records
+from integration_helpers import records
+from test_attach import Loop
 
 
 def test_the_keys_steer_a_users_loop_and_the_panels_say_what_it_cannot_know(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
-from test_attach import connect, events, records
+from integration_helpers import connect, events, records
 from tuitrain.engine.commands import Pause, Resume, SetLR, Stop
 
 SCRIPT = textwrap.dedent('''

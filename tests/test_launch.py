@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
+from cli_helpers import alive
 from tuitrain.engine.rundir import read_metrics
 
 HERE = Path(__file__).parent
@@ -45,15 +46,6 @@ def run_pid(run_dir: Path) -> int | None:
         return int(json.loads((run_dir / "run.pid").read_text())["pid"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
 def last_step(run_dir: Path) -> int:

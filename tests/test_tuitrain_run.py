@@ -22,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import REPO, TUITRAIN, assert_usage_error, cli_env, in_process, snapshot
+from cli_helpers import REPO, TUITRAIN, alive, assert_usage_error, cli_env, in_process, snapshot
 from conftest import wait_until
+from dashboard_helpers import records
 
 EXAMPLE = REPO / "examples" / "train_loop.py"
 DEADLINE = 30.0
@@ -173,15 +174,6 @@ def said_on(screen: str, text: str) -> bool:
     return "".join(text.split()) in "".join(screen.split())
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
-
-
 def end(pid: int | None) -> None:
     """Cleanup: a script a failing test left behind."""
     if pid is not None and alive(pid):
@@ -199,7 +191,7 @@ with open("seen.tmp", "w") as f:
     json.dump(seen, f)
 os.replace("seen.tmp", "seen.json")
 print("sleeper: working without tuitrain")
-time.sleep(600)
+time.sleep(600)  # wait-ok: the user's script, working without tuitrain
 """
 
 
@@ -260,12 +252,6 @@ def wait_training(tmux: Any) -> str:
     screen = tmux.wait_screen(lambda s: " train_loop · cpu  RUNNING " in s and re.search(r"total [1-9][\d,]*/", s)
                               and "loss · smooth" in s, "the run's loss on screen", START_DEADLINE)
     return screen
-
-
-def records(run_dir: Path) -> list[dict[str, Any]]:
-    from tuitrain.engine.rundir import read_metrics
-
-    return list(read_metrics(run_dir / "metrics.jsonl"))
 
 
 def script_pid(run_dir: Path) -> int:
@@ -357,9 +343,9 @@ import tuitrain
 run = tuitrain.attach(total_steps=10**7)
 while not run.should_stop:
     run.step(loss=1.0)
-    time.sleep(0.002)
+    time.sleep(0.002)  # wait-ok: the user's step
 run.close()
-time.sleep(3)
+time.sleep(3)  # wait-ok: the user's work after the loop
 open("after.done", "w").write("ok")
 sys.exit(6)
 """
