@@ -182,6 +182,21 @@ async def wait_event(pilot: Any, run_dir: Path, name: str, count: int = 1, timeo
     return await until(pilot, found, f"{count} {name!r} event(s) in metrics.jsonl", timeout)
 
 
+async def set_lr(pilot: Any, text: str, *, confirm: bool = False) -> None:
+    """l, then type an LR and Enter once the dialog is the screen (keys typed before it is there are lost);
+    `confirm`: a jump above 100x the current LR, so Enter once more."""
+    from tuitrain.tui.screens.lr_dialog import LRDialog
+
+    await pilot.press("l")
+    await until(pilot, lambda: isinstance(pilot.app.screen, LRDialog), "the LR dialog")
+    await pilot.press(*text)
+    await pilot.press("enter")
+    if confirm:
+        await until(pilot, lambda: pilot.app.screen.query_one("#lr-message").has_class("-confirm"),
+                    "the dialog to ask for confirmation")
+        await pilot.press("enter")
+
+
 async def wait_steps_after(pilot: Any, run_dir: Path, step: int, n: int = 5) -> list[dict[str, Any]]:
     """Wait for `n` step records after optimizer step `step`; return all step records after it."""
     def found() -> list[dict[str, Any]] | None:

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from dashboard_helpers import (FakeSampler, FakeTrainer, dashboard, event_names, events_named, log_text,
                                long_cfg, long_preset, make_trainer, progress_text, run_async, screen_text,
-                               status_text, step_records, ticks, until, wait_event, wait_exit, wait_running,
+                               set_lr, status_text, step_records, ticks, until, wait_event, wait_exit, wait_running,
                                wait_steps_after, widget_text)
 from tuitrain.tui.source import InProcessRun
 from tuitrain.engine import events as ev
@@ -83,18 +83,6 @@ def test_p_pauses_the_engine_and_p_again_resumes(tmp_path: Path) -> None:
 
 # -- l: set the learning rate -------------------------------------------------------------
 
-async def _set_lr(pilot, text: str, *, confirm: bool = False) -> None:
-    """Type an LR and Enter; `confirm`: a jump above 100x the current LR, so Enter once more."""
-    await pilot.press("l")
-    await until(pilot, lambda: isinstance(pilot.app.screen, LRDialog), "the LR dialog")
-    await pilot.press(*text)
-    await pilot.press("enter")
-    if confirm:
-        await until(pilot, lambda: pilot.app.screen.query_one("#lr-message").has_class("-confirm"),
-                    "the dialog to ask for confirmation")
-        await pilot.press("enter")
-
-
 def test_l_sets_the_learning_rate_used_by_the_following_steps(tmp_path: Path) -> None:
     R = tmp_path / "run"
 
@@ -104,7 +92,7 @@ def test_l_sets_the_learning_rate_used_by_the_following_steps(tmp_path: Path) ->
             await wait_running(pilot, app, R)
             assert all(r["lr"] == pytest.approx(0.05, rel=1e-12) for r in step_records(R))
 
-            await _set_lr(pilot, "0.001")
+            await set_lr(pilot, "0.001")
             change = (await wait_event(pilot, R, "lr_changed"))[0]
             assert not isinstance(app.screen, LRDialog)  # accepted: the dialog closed
             assert change["new_lr"] == 0.001
@@ -119,7 +107,7 @@ def test_l_sets_the_learning_rate_used_by_the_following_steps(tmp_path: Path) ->
                         "the new LR in the progress panel")
 
             # Scientific notation works too.
-            await _set_lr(pilot, "2e-3")
+            await set_lr(pilot, "2e-3")
             second = (await wait_event(pilot, R, "lr_changed", count=2))[1]
             assert second["new_lr"] == 0.002
             assert second["old_lr"] == pytest.approx(0.001, rel=1e-12)
@@ -221,7 +209,7 @@ def test_l_with_a_huge_lr_is_refused_not_turned_into_an_infinite_multiplier(tmp_
         trainer = make_trainer(tmp_path)
         async with dashboard(trainer) as (app, pilot, sampler):
             await wait_running(pilot, app, R)
-            await _set_lr(pilot, "1e308", confirm=True)
+            await set_lr(pilot, "1e308", confirm=True)
             await until(pilot, lambda: events_named(R, "lr_changed") or events_named(R, "rejected"),
                         "an answer to the LR change")
             step = trainer.step

@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from dashboard_helpers import (DEADLINE, FakeSampler, long_cfg, long_preset, run_async, step_records, until,
+from dashboard_helpers import (DEADLINE, FakeSampler, long_cfg, long_preset, run_async, set_lr, step_records,
+                               until,
                                wait_event, wait_exit)
 
 
@@ -65,8 +66,7 @@ def test_pause_lr_save_stop_quit_answer_the_same_over_both_sources(kind: str, tm
             await pilot.press("p")
             await wait_event(pilot, run_dir, "paused")
             await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED on screen")
-            await pilot.press("l")
-            await pilot.press(*"0.003", "enter")
+            await set_lr(pilot, "0.003")
             change = (await wait_event(pilot, run_dir, "lr_changed"))[0]
             assert change["new_lr"] == pytest.approx(0.003)
             await pilot.press("s")

@@ -24,7 +24,7 @@ import pytest
 from cli_helpers import cli_env, in_process, train_in_process, tuitrain
 from conftest import wait_until
 from dashboard_helpers import (SIZE, FakeSampler, event_names, log_text, run_async, screen_text, status_text,
-                               step_records, until, wait_event)
+                               set_lr, step_records, until, wait_event)
 from tuitrain.engine.rundir import pid_alive, read_pid, step_losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform != "linux", reason="Unix sockets, SO_PEERCRED")]
@@ -83,9 +83,7 @@ def test_detach_watch_steer_detach_rewatch_and_stop(tmp_path: Path) -> None:
                 await pilot.press("p")
                 await wait_event(pilot, R, "paused")
                 await until(pilot, lambda: app.state.status == "PAUSED", "PAUSED on the watcher")
-                await pilot.press("l")
-                await pilot.press(*"0.003")
-                await pilot.press("enter")
+                await set_lr(pilot, "0.003")
                 change = (await wait_event(pilot, R, "lr_changed"))[0]
                 assert change["new_lr"] == 0.003
                 await pilot.press("s")
