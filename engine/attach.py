@@ -425,7 +425,7 @@ class Run:
             t0, steps0 = self._window
             rate = (steps[-1] - steps0) / max(now - t0, 1e-9)
             self._window = (now, steps[-1])
-            finite = [v for v in losses if math.isfinite(v)]
+            finite = losses if math.isfinite(sum(losses)) else [v for v in losses if math.isfinite(v)]
             self._epoch_sum += math.fsum(finite)
             self._epoch_steps += len(finite)
             spe = self.steps_per_epoch or self.total_steps
@@ -492,9 +492,8 @@ class Run:
         if not values:
             return None
         device = next((v.device for v in values if isinstance(v, torch.Tensor)), self._device())
-        stacked = torch.stack([
-            (v.float().mean() if v.dim() else v.float()).to(device) if isinstance(v, torch.Tensor)
-            else torch.tensor(math.nan if v is None else _number(v), device=device) for v in values])
+        stacked = _per_step([v.to(device) if isinstance(v, torch.Tensor)
+                             else torch.tensor(math.nan if v is None else _number(v), device=device) for v in values])
         return sync.mean(stacked).tolist()
 
     def _apply_all(self, commands: list[Command]) -> None:
@@ -516,9 +515,11 @@ class Run:
         copied: list[float] = []
         if tensors:
             try:
-                copied = torch.stack([t.float().mean() if t.dim() else t.float() for t in tensors]).tolist()
+                copied = _per_step(tensors).tolist()
             except RuntimeError:  # tensors on different devices
                 copied = [t.float().mean().item() for t in tensors]
+        if len(tensors) == len(values):
+            return copied
         it = iter(copied)
         return [next(it) if isinstance(v, torch.Tensor) else (math.nan if v is None else _number(v)) for v in values]
 
@@ -797,6 +798,20 @@ class Run:
             if key not in self._warned:
                 self._warned.add(key)
                 warn(f"recording this run failed: {key}: {exc}; training goes on")
+
+
+def _per_step(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One float per step's loss tensor (the mean of a loss that is not a scalar), in one stack: the
+    common case, scalars of one shape and dtype, costs no Python call per step."""
+    try:
+        stacked = torch.stack(tensors)
+    except RuntimeError:
+        if len({t.device for t in tensors}) > 1:
+            raise
+        stacked = torch.stack([t.float().mean() for t in tensors])  # losses of different shapes
+    if stacked.dim() > 1:
+        stacked = stacked.flatten(1).float().mean(1)
+    return stacked.float()
 
 
 def _now() -> float:
