@@ -4,15 +4,15 @@ Exit status (DESIGN.md): 0 finished or stopped on purpose; 1 the run failed;
 2 bad usage or input, reported in one line before any training; 128+signal
 after SIGINT/SIGTERM/SIGHUP, each after saving a checkpoint.
 
-`tuitrain run SCRIPT`, `tuitrain watch [RUN_DIR ...]` and `tuitrain runs [DIR]`
-are subcommands, recognised by the first word so that every `tuitrain --preset
-...` command line parses exactly as before (tui/run_script.py, tui/watch.py,
-tui/runs_table.py).
+`tuitrain run`, `watch`, `runs`, `export`, `plot` and `serve` are subcommands
+(SUBCOMMANDS), recognised by the first word so that every `tuitrain --preset
+...` command line parses exactly as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import re
@@ -90,7 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Also: tuitrain run SCRIPT [ARGS ...] (your own training script, which calls "
                "tuitrain.attach(), with the dashboard attached), "
                "tuitrain watch [RUN_DIR ...] (open the dashboard on a run, live or finished), "
-               "tuitrain runs [DIR] (a table of runs). "
+               "tuitrain runs [DIR] (a table of runs), "
+               "tuitrain export RUN_DIR --tensorboard DIR | --csv FILE, "
+               "tuitrain plot RUN_DIR ... -o curves.png, "
+               "tuitrain serve [RUN_DIR] (the dashboard in a browser). "
                "Exit status: 0 finished or stopped, 1 run failed, 2 bad input, 128+N after signal N.",
     )
     what = p.add_argument_group("what to run")
@@ -234,19 +237,19 @@ def _flush_or_drop_stdio() -> None:
                 pass
 
 
+#: The first words that are subcommands, each the module (in tuitrain.tui) whose main(argv) runs it.
+SUBCOMMANDS = {"run": "run_script", "watch": "watch", "runs": "runs_table",
+               "export": "export", "plot": "plot", "serve": "serve"}
+
+
 def _main(argv: list[str], relay: "SignalRelay") -> int:
     global _viewer_only
-    if argv and argv[0] in ("watch", "runs", "run"):
-        relay.restore()  # nothing to save here: a signal ends a watcher or a listing the usual way
+    if argv and argv[0] in SUBCOMMANDS:
+        relay.restore()  # nothing to save here: a signal ends a watcher, a listing or an export the usual way
         if argv[0] == "run":
-            from tuitrain.tui.run_script import main as run_main
             _viewer_only = True  # the script is the run; this process only watches it
-            return run_main(argv[1:])
-        if argv[0] == "watch":
-            from tuitrain.tui.watch import main as watch_main
-            return watch_main(argv[1:])
-        from tuitrain.tui.runs_table import main as runs_main
-        return runs_main(argv[1:])
+        module = importlib.import_module(f"tuitrain.tui.{SUBCOMMANDS[argv[0]]}")
+        return module.main(argv[1:])
     args = vars(build_parser().parse_args(argv))
     if args.pop("list_presets", False):
         return _list_presets()
