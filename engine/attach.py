@@ -163,6 +163,9 @@ class Run:
         self._lifeline: RunEnd | None = None
         self._signals: _SignalStop | None = None
         self._hooks: list[Any] = []
+        self._after_hook: Any = None
+        """The step post-hook, registered only while it has work: an LR multiplier to take back out, or
+        layer health to collect (one step per log interval). Each hook called costs every step."""
         self._writer = ckpt.CheckpointWriter()
         self._probe = ProcessProbe()
         self._health = LayerHealth(model) if insights and model is not None and optimizer is not None else None
@@ -252,8 +255,19 @@ class Run:
 
     def _hook_optimizer(self) -> None:
         if self.optimizer is not None:
-            self._hooks = [self.optimizer.register_step_pre_hook(self._before_optimizer_step),
-                           self.optimizer.register_step_post_hook(self._after_optimizer_step)]
+            self._hooks = [self.optimizer.register_step_pre_hook(self._before_optimizer_step)]
+            self._arm_after_hook()
+
+    def _arm_after_hook(self) -> None:
+        if self.optimizer is not None and self._after_hook is None and self._hooks and \
+                (self.multiplier != 1.0 or self._collect_due):
+            self._after_hook = self.optimizer.register_step_post_hook(self._after_optimizer_step)
+
+    def _remove_hooks(self) -> None:
+        for hook in self._hooks + ([self._after_hook] if self._after_hook is not None else []):
+            hook.remove()
+        self._hooks = []
+        self._after_hook = None
 
     def _serve(self) -> None:
         from .control import ControlError, ControlServer
@@ -331,9 +345,7 @@ class Run:
             _open_runs.remove(self)
         if not self._active:
             self.status = status or "finished"
-            for hook in self._hooks:
-                hook.remove()
-            self._hooks = []
+            self._remove_hooks()
             return
         if status is None:
             status = "stopped" if self._stop is not None and self._stop.signal is None else \
@@ -381,6 +393,9 @@ class Run:
     def _before_optimizer_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._collect_due and self._health is not None:
             self._health.before_step()
+        elif self._after_hook is not None and self.multiplier == 1.0:
+            self._after_hook.remove()  # here, not in the post-hook itself: torch is iterating those
+            self._after_hook = None
         groups = optimizer.param_groups
         if self.multiplier != 1.0:
             self._scheduled = [g["lr"] for g in groups]
@@ -440,6 +455,7 @@ class Run:
             self._layers = None
             self._emit(LayerStats(self.step_count, _now(), **self._health.summarize(values)))
         self._collect_due = self._health is not None
+        self._arm_after_hook()
         if self._probe.due():
             self._emit(self._probe.sample(self.step_count, _now()))
         assert self._rundir is not None
@@ -629,6 +645,7 @@ class Run:
             return
         old = scheduled * self.multiplier
         self.multiplier = multiplier
+        self._arm_after_hook()
         self._emit(LRChanged(self.step_count, _now(), old_lr=old, new_lr=float(lr), multiplier=multiplier))
 
     def _end_pause_clock(self) -> float:
@@ -761,9 +778,7 @@ class Run:
 
     def _teardown(self) -> None:
         """Hooks off, signals back, socket closed, record closed, lock released (each on its own)."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
+        self._remove_hooks()
         if self._signals is not None:
             self._signals.restore()
             self._signals = None

@@ -1,9 +1,10 @@
 """What tuitrain.attach() costs a user's own loop: steps/s with run.step() vs the same loop without.
 
-    python tests/perf/bench_attach.py [--pairs 7] [--steps 3000] [--batch 32]
+    python tests/perf/bench_attach.py [--pairs 7] [--steps 3000] [--batch 16] [--optimizer adam|sgd]
 
-Circles-sized work on the CPU (a 2-32-32-2 MLP, SGD with momentum and a cosine schedule, one
-thread), the worst case for a per-step cost: each step is ~1 ms. The two sides alternate in one
+Circles-sized work on the CPU: the circles preset's 2-32-32-2 MLP, batch and optimizer (Adam, batch
+16) with a cosine schedule, on one thread; `--optimizer sgd --batch 32` is the worst case we know
+(a step of ~150-230 us on this machine, so a fixed cost per step weighs most). The two sides alternate in one
 process (A, B, A, B ...), each on freshly seeded objects, and the figure is the median of the
 paired ratios (target >= 0.97). On a machine whose speed drifts by more than the cost being
 measured, the paired ratios scatter by +/-0.1; so it also times the per-step cost itself, on one
@@ -26,13 +27,19 @@ from torch import nn
 import tuitrain
 
 
-def loop(steps: int, batch: int, run_dir: Path | None) -> float:
+def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=0.01)
+    return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam") -> float:
     """Steps per second of one plain loop, with attach() when run_dir is given."""
     torch.manual_seed(0)
     x = torch.randn(4096, 2)
     y = (x.norm(dim=1) < 1.0).long()
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = make_optimizer(optimizer, model)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = nn.CrossEntropyLoss()
     run = tuitrain.attach(run_dir=run_dir, model=model, optimizer=opt, scheduler=sched,
@@ -53,12 +60,12 @@ def loop(steps: int, batch: int, run_dir: Path | None) -> float:
     return steps / seconds
 
 
-def per_step_cost(reps: int = 6, n: int = 2000) -> dict[str, float]:
+def per_step_cost(batch: int, optimizer: str, reps: int = 6, n: int = 2000) -> dict[str, float]:
     """Median microseconds of one small training step: plain, with the hooks, with hooks and run.step()."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 2))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    x, y, loss_fn = torch.randn(32, 2), torch.zeros(32, dtype=torch.long), nn.CrossEntropyLoss()
+    opt = make_optimizer(optimizer, model)
+    x, y, loss_fn = torch.randn(batch, 2), torch.zeros(batch, dtype=torch.long), nn.CrossEntropyLoss()
 
     def one() -> torch.Tensor:
         loss = loss_fn(model(x), y)
@@ -90,17 +97,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    loop(300, args.batch, None)  # warm-up: first-call costs belong to neither side
+    loop(300, args.batch, None, args.optimizer)  # warm-up: first-call costs belong to neither side
     ratios, plain, attached = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
             first_attached = i % 2 == 1  # alternate which side goes first
             results = {}
             for side in ((True, False) if first_attached else (False, True)):
-                results[side] = loop(args.steps, args.batch, Path(tmp) / f"run-{i}" if side else None)
+                results[side] = loop(args.steps, args.batch, Path(tmp) / f"run-{i}" if side else None,
+                                     args.optimizer)
             plain.append(results[False])
             attached.append(results[True])
             ratios.append(results[True] / results[False])
@@ -110,7 +119,7 @@ def main() -> None:
     spread = (max(ratios) - min(ratios)) / 2
     print(f"attached / plain: median of paired ratios {statistics.median(ratios):.3f} (+/- {spread:.3f}), "
           f"geometric mean {math.exp(statistics.fmean(math.log(r) for r in ratios)):.3f}")
-    cost = per_step_cost()
+    cost = per_step_cost(args.batch, args.optimizer)
     plain = cost["plain"]
     print("one training step, median of 6 alternating runs: " + ", ".join(
         f"{k} {v:.1f} us ({plain / v:.3f}x)" for k, v in cost.items()))
