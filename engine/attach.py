@@ -50,6 +50,7 @@ from .diagnosis import Diagnostician, Finding
 from .events import (OWN_LOOP, CheckpointFailed, CheckpointSaved, CommandRejected, EvalDone, Event, Hint, LayerStats,
                      LRChanged, Paused, Resumed, RunEnded, RunFailed, RunStarted, RunSummary, StepStats, Stopped)
 from .layer_health import LayerHealth
+from .loss_window import LossWindow
 from .lifeline import LIFELINE_ENV, RUN_DIR_ENV, RunEnd, open_run_end
 from .resources import ProcessProbe
 from .rundir import RunDir, RunDirError, RunLock, new_run_path
@@ -172,7 +173,7 @@ class Run:
         self._collect_due = self._health is not None
         self._layers: torch.Tensor | None = None
         self._diag: Diagnostician | None = None
-        self._losses: list[Any] = []
+        self._losses = LossWindow()
         self._lrs: list[float] = []
         self._first_step = self.step_count + 1
         self._lr_used = math.nan
@@ -313,7 +314,7 @@ class Run:
         sync = self._sync
         if not self._active and sync is None:
             return
-        self._losses.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        self._losses.add(loss)
         lr = self._lr_used
         if lr != lr and self.optimizer is not None:  # no optimizer step ran (a GradScaler skipped it)
             lr = float(self.optimizer.param_groups[0]["lr"]) * self.multiplier
@@ -430,11 +431,11 @@ class Run:
         """Record the steps since the last flush; `losses`: the group's means of them, under torchrun."""
         self._collect_saves()
         if self._losses:
-            losses = losses if losses is not None and len(losses) == len(self._losses) else \
-                self._host_losses(self._losses)
+            losses = losses if losses is not None and len(losses) == len(self._losses) else self._losses.host()
             steps = list(range(self._first_step, self._first_step + len(losses)))
             lrs = self._lrs
-            self._losses, self._lrs = [], []
+            self._losses.clear()
+            self._lrs = []
             self._first_step = self.step_count + 1
             now = time.perf_counter()
             t0, steps0 = self._window
@@ -471,7 +472,8 @@ class Run:
         if self._active:
             self._guard(lambda: self._flush(losses))
         else:
-            self._losses, self._lrs = [], []
+            self._losses.clear()
+            self._lrs = []
         self._apply_all(decision.commands)
         while self.paused and self._stop is None:
             # Held together: rank 0 sends what came (or nothing) once per interval; short collectives,
@@ -504,13 +506,8 @@ class Run:
 
     def _group_losses(self, sync: StepSync) -> list[float] | None:
         """The mean over ranks of each step's loss since the last sync (one all_reduce, one host copy)."""
-        values = self._losses
-        if not values:
-            return None
-        device = next((v.device for v in values if isinstance(v, torch.Tensor)), self._device())
-        stacked = _per_step([v.to(device) if isinstance(v, torch.Tensor)
-                             else torch.tensor(math.nan if v is None else _number(v), device=device) for v in values])
-        return sync.mean(stacked).tolist()
+        stacked = self._losses.stacked(self._device())
+        return None if stacked is None else sync.mean(stacked).tolist()
 
     def _apply_all(self, commands: list[Command]) -> None:
         for command in commands:
@@ -523,21 +520,6 @@ class Run:
         if self._probe.due():
             self._emit(self._probe.sample(self.step_count, _now()))
         self._rundir.flush()
-
-    @staticmethod
-    def _host_losses(values: list[Any]) -> list[float]:
-        """Every step's loss as a float: the tensors in one host copy (one sync per flush, not per step)."""
-        tensors = [v for v in values if isinstance(v, torch.Tensor)]
-        copied: list[float] = []
-        if tensors:
-            try:
-                copied = _per_step(tensors).tolist()
-            except RuntimeError:  # tensors on different devices
-                copied = [t.float().mean().item() for t in tensors]
-        if len(tensors) == len(values):
-            return copied
-        it = iter(copied)
-        return [next(it) if isinstance(v, torch.Tensor) else (math.nan if v is None else _number(v)) for v in values]
 
     def _findings(self, findings: list[Finding]) -> None:
         for f in findings:
@@ -813,20 +795,6 @@ class Run:
             if key not in self._warned:
                 self._warned.add(key)
                 warn(f"recording this run failed: {key}: {exc}; training goes on")
-
-
-def _per_step(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One float per step's loss tensor (the mean of a loss that is not a scalar), in one stack: the
-    common case, scalars of one shape and dtype, costs no Python call per step."""
-    try:
-        stacked = torch.stack(tensors)
-    except RuntimeError:
-        if len({t.device for t in tensors}) > 1:
-            raise
-        stacked = torch.stack([t.float().mean() for t in tensors])  # losses of different shapes
-    if stacked.dim() > 1:
-        stacked = stacked.flatten(1).float().mean(1)
-    return stacked.float()
 
 
 def _now() -> float:
