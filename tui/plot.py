@@ -39,7 +39,7 @@ DEFAULT_DPI = 100
 MIN_SIDE, MAX_SIDE = 300, 8000
 MIN_DPI, MAX_DPI = 20, 600
 #: Bytes of metrics.jsonl read and decoded at a time: the reader's memory, whatever the file's size.
-READ_CHUNK = 8 << 20
+READ_CHUNK = 1 << 20
 INSTALL = "pip install 'tuitrain[plot]'"
 
 USAGE = f"""usage: tuitrain plot RUN_DIR [RUN_DIR ...] [-o OUT] [--size WxH] [--dpi N] [--smoothing S] [--log]

@@ -60,6 +60,7 @@ STYLE: dict[str, Any] = {
     "legend.fontsize": "small",
     "legend.framealpha": 0.8,
     "svg.hashsalt": "tuitrain",  # the same run gives the same SVG
+    "svg.fonttype": "none",  # text stays text: selectable, searchable, and the file smaller
 }
 PANELS = ("loss", "metric", "lr")
 
