@@ -319,12 +319,12 @@ class RunDir:
         return (json.dumps(clean_json(data), indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
 
     def write_json(self, name: str, data: Any) -> None:
-        from .checkpoint import atomic_write_bytes
+        from .atomic import atomic_write_bytes
 
         atomic_write_bytes(self.path / name, lambda f: f.write(self.json_bytes(data)))
 
     def write_error(self, text: str) -> None:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(self.path / "error.txt", text)
 

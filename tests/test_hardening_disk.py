@@ -30,6 +30,7 @@ import pytest
 from cli_helpers import Proc, read_json, reset_sighup
 from conftest import wait_until
 
+from tuitrain.engine import atomic
 from tuitrain.engine import checkpoint as ckpt
 from tuitrain.engine.rundir import read_metrics, step_losses
 
@@ -286,7 +287,7 @@ def test_erofs_on_every_write_in_process_finishes_and_reports(tmp_path: Path, mo
     from tuitrain.engine import rundir as rundir_mod
     from tuitrain.engine.trainer import Trainer
 
-    real_write, real_mkstemp = os.write, ckpt.tempfile.mkstemp
+    real_write, real_mkstemp = os.write, atomic.tempfile.mkstemp
     state = {"ro": False}
 
     def erofs(*_: Any) -> None:
@@ -313,7 +314,7 @@ def test_erofs_on_every_write_in_process_finishes_and_reports(tmp_path: Path, mo
             state["ro"] = False
 
     monkeypatch.setattr(rundir_mod.os, "write", write)
-    monkeypatch.setattr(ckpt.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", mkstemp)
     R = tmp_path / "R"
     trainer = Trainer(make_cfg(epochs=6), classifier_preset(), R, listeners=[listener])
     result = trainer.run()

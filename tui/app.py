@@ -25,6 +25,7 @@ from textual.worker import Worker, WorkerState
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import SaveCheckpoint, SetLR, Stop, TogglePause
 from tuitrain.tui import keys
+from tuitrain.tui.history import DEFAULT_SMOOTHING, MAX_SMOOTHING
 from tuitrain.tui.screens.help_screen import HelpScreen
 from tuitrain.tui.screens.lr_dialog import LRDialog
 from tuitrain.tui.source import RunSource
@@ -85,7 +86,7 @@ class TuitrainApp(App[int]):
         self.sampler = sampler if sampler is not None else SystemSampler()
         self.refresh_hz = refresh_hz
         self.plot_interval = plot_interval
-        self.smoothing = 0.6
+        self.smoothing = DEFAULT_SMOOTHING
         self.log_scale = False
         self.exit_code: int | None = None
         self.source_done: threading.Event = source.done
@@ -411,7 +412,7 @@ class TuitrainApp(App[int]):
         self._finish(source.exit_status(self.state))
 
     def action_smoothing(self, delta: float) -> None:
-        self.smoothing = min(0.99, max(0.0, round(self.smoothing + delta, 2)))
+        self.smoothing = min(MAX_SMOOTHING, max(0.0, round(self.smoothing + delta, 2)))
         self.state.dirty.add("loss")
         self._last_plot = 0.0
 

@@ -42,7 +42,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple, Sequence
 
-__all__ = ["Curve", "EpochPoint", "EpochSeries", "Mark", "Marks", "Series", "Thinned", "ema"]
+__all__ = ["DEFAULT_SMOOTHING", "MAX_SMOOTHING", "Curve", "EpochPoint", "EpochSeries", "Mark", "Marks", "Series",
+           "Thinned", "ema"]
+
+#: The loss curve's EMA weight (see `ema`): what the dashboard opens with ([ and ] change it by 0.1)
+#: and what `tuitrain plot` draws unless --smoothing says otherwise, so the picture matches the screen.
+DEFAULT_SMOOTHING = 0.6
+#: The most smoothing either offers (`ema` needs a weight below 1).
+MAX_SMOOTHING = 0.99
 
 _INF = math.inf
 _NAN = math.nan
@@ -602,7 +609,7 @@ class Mark(NamedTuple):
 
 
 class Marks:
-    """Interventions to draw on the x axis (lr change, pause, checkpoint): the latest `maxlen`."""
+    """Interventions to draw on the x axis (lr change, pause, checkpoint, NaN, stop, hint): the latest `maxlen`."""
 
     __slots__ = ("_marks",)
 

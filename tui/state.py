@@ -256,6 +256,7 @@ class DashboardState:
                                 f"epochs (best {e.best_val_loss:.4f} at epoch {e.best_epoch})")
 
     def _on_Stopped(self, e: ev.Stopped) -> None:
+        self.marks.add(e.step, "stop", e.reason)
         self._say(e, "action", f"stopping at step {e.step}: {e.reason}")
 
     def _on_RunFailed(self, e: ev.RunFailed) -> None:
@@ -333,6 +334,7 @@ class DashboardState:
 
     def _on_Hint(self, e: ev.Hint) -> None:
         self.hint = e
+        self.marks.add(e.step, "hint", e.rule)
         text = f"hint: {clip(e.message)} ({clip(e.evidence)}) → {clip(e.remedy)}"
         self._say(e, "warning", text)
         self.dirty.add("hint")

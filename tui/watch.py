@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from tuitrain.tui.system import SystemSampler
-from tuitrain.tui.app import TuitrainApp
-from tuitrain.tui.remote_run import RemoteRun
-from tuitrain.tui.source import WatchedRun
+if TYPE_CHECKING:
+    from tuitrain.tui.app import TuitrainApp
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -34,14 +32,24 @@ Several RUN_DIRs: their loss and metric curves on the same plots
 
 def make_app(paths: Sequence[Path], **kwargs: Any) -> TuitrainApp:
     """The dashboard on the first run (steerable while it is live), the others overlaid on its plots."""
+    # Imported here: `tuitrain plot` and `export` check their run directories with pick_runs and
+    # need no Textual app.
+    from tuitrain.tui.app import TuitrainApp
+    from tuitrain.tui.remote_run import RemoteRun
+    from tuitrain.tui.source import WatchedRun
+    from tuitrain.tui.system import SystemSampler
+
     remotes = [RemoteRun(p) for p in paths]
     source = WatchedRun(remotes[0], others=remotes[1:], pid=live_pid(paths[0]))
     kwargs.setdefault("sampler", SystemSampler(pid=source.pid))
     return TuitrainApp(source, **kwargs)
 
 
-def pick_runs(args: Sequence[str]) -> list[Path]:
-    """The run directories to watch; ValueError (one line) when there is none."""
+def pick_runs(args: Sequence[str], what: str = "watch") -> list[Path]:
+    """The run directories to watch; ValueError (one line) when there is none.
+
+    `what`: the command asking (`watch`, `plot` ...), named in the messages.
+    """
     from tuitrain.engine.rundir import RunDirError, check_path, check_run_files
     from tuitrain.tui.runs_table import is_run_dir, latest_run
 
@@ -49,12 +57,12 @@ def pick_runs(args: Sequence[str]) -> list[Path]:
         root = Path("runs")
         found = latest_run(root) if root.is_dir() else None
         if found is None:
-            raise ValueError("no runs under ./runs to watch; give a run directory: tuitrain watch RUN_DIR")
+            raise ValueError(f"no runs under ./runs to {what}; give a run directory: tuitrain {what} RUN_DIR")
         return [found]
     paths = []
     for arg in args:
         try:
-            path = check_path(arg, "watch")
+            path = check_path(arg, what)
             if not path.is_dir():
                 raise ValueError(f"no such run directory: {arg}")
             if not is_run_dir(path):

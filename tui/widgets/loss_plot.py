@@ -57,7 +57,8 @@ class LossPlot(TrainPlot):
             plt.plot(vx, vy, color=self.colour("loss-plot--val"), marker="dot")
         lo, hi = (cols.x[0], cols.x[-1]) if cols.x else (0, 1)
         for step, kind, _label in state.marks.in_range(lo, hi):
-            plt.vline(step, self.colour(MARK_COMPONENTS.get(kind, "loss-plot--mark-lr")))
+            if kind in MARK_COMPONENTS:  # stops and hints are drawn in pictures (tui/plot.py), not here
+                plt.vline(step, self.colour(MARK_COMPONENTS[kind]))
         all_x = x + vx
         if all_x:
             self.integer_xticks(min(all_x), max(all_x))
