@@ -237,6 +237,8 @@ class RunDir:
         """The error of the failing metrics.jsonl write streak, None while writes succeed."""
         self.dropped_lines = 0
         """Records dropped because metrics.jsonl could not be written for too long."""
+        self.tee: Callable[[bytes], None] | None = None
+        """Also hears every flush's new lines, as bytes (--tensorboard's writer: engine/tensorboard_feed.py)."""
 
     # -- creation -----------------------------------------------------------
     def claim(self, *, resume: bool) -> RunLock:
@@ -364,8 +366,11 @@ class RunDir:
         if self._metrics is None:
             return
         if self._pending:
-            self._unwritten += ("\n".join(self._pending) + "\n").encode("utf-8")
+            data = ("\n".join(self._pending) + "\n").encode("utf-8")
+            self._unwritten += data
             self._pending, self._pending_size = [], 0
+            if self.tee is not None:
+                self.tee(data)
         try:
             view = memoryview(self._unwritten)
             while view:
