@@ -30,7 +30,7 @@ from .events import clean_json
 # the readers here (`tuitrain runs`, `watch`: viewers, which never import torch) can use this module.
 
 
-#: The temp files of atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
+#: The temp files of engine/atomic.py's atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
 #: write probe of create(): a killed process can leave one behind; nothing
 #: else in a run directory looks like them.
 _TEMP_FILE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp|write-test-\d+)$")
@@ -321,12 +321,12 @@ class RunDir:
         return (json.dumps(clean_json(data), indent=2, allow_nan=False, default=str) + "\n").encode("utf-8")
 
     def write_json(self, name: str, data: Any) -> None:
-        from .checkpoint import atomic_write_bytes
+        from .atomic import atomic_write_bytes
 
         atomic_write_bytes(self.path / name, lambda f: f.write(self.json_bytes(data)))
 
     def write_error(self, text: str) -> None:
-        from .checkpoint import atomic_write_text
+        from .atomic import atomic_write_text
 
         atomic_write_text(self.path / "error.txt", text)
 
