@@ -31,6 +31,8 @@ from . import workers
 BACKLOG = 4 << 20
 #: The pipe's size asked for (Linux F_SETPIPE_SZ; 1 MiB is the default limit for a user).
 PIPE_SIZE = 1 << 20
+#: How much lower the helper's CPU priority is than the run's (nice).
+NICE = 10
 #: Seconds close() gives the helper to write what is left.
 CLOSE_WAIT = 5.0
 
@@ -58,11 +60,16 @@ class TensorBoardFeed:
             except (ImportError, OSError):
                 pass  # the default pipe size: the backlog here covers more
             os.set_blocking(write_end, False)
+            nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tuitrain.tui.tensorboard_log", "--live", str(out_dir),
-                 "--parent", str(os.getpid())],
+                 "--parent", str(os.getpid()), "--nice", str(nice)],
                 stdin=read_end, stdout=subprocess.DEVNULL, close_fds=True,
                 start_new_session=True)  # the terminal's Ctrl-C and hangup are the run's to handle
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.pid, nice)  # from its first import on (it also asks itself)
+            except OSError:
+                pass
         except OSError as exc:
             os.close(write_end)
             print(f"tuitrain: warning: --tensorboard: cannot start the writer: {exc}", file=sys.stderr)

@@ -180,3 +180,31 @@ def test_a_second_export_replaces_the_first(tmp_path: Path):
     assert len(os.listdir(tmp_path / "tb")) == 1
     scalars, _ = read_tb(tmp_path / "tb")
     assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3]
+
+
+def test_the_writer_ends_when_its_run_is_killed_and_keeps_what_it_was_given(tmp_path: Path):
+    from conftest import wait_until
+
+    R = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tuitrain.tui.cli", "--preset", "circles", "--headless",
+                             "--tensorboard", "--epochs", "100000", "--run-dir", str(R)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def writer() -> psutil.Process | None:
+            for p in psutil.process_iter(["cmdline"]):
+                cmd = p.info["cmdline"] or []
+                if "tuitrain.tui.tensorboard_log" in cmd and str(proc.pid) in cmd:
+                    return p
+            return None
+
+        helper = wait_until(writer, timeout=60, what="the TensorBoard writer process")
+        wait_until(lambda: helper.nice() >= 10, timeout=10, what="the writer at nice +10")
+        wait_until(lambda: any(f.stat().st_size > 10_000 for f in (R / "tensorboard").glob("events.out.*")),
+                   timeout=60, what="step records in the event file")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not helper.is_running() or helper.status() == psutil.STATUS_ZOMBIE, timeout=10,
+               what="the writer to end after its run was killed")
+    scalars, _ = read_tb(R / "tensorboard")
+    assert len(scalars["train/loss"]) > 100

@@ -172,16 +172,18 @@ PARENT_CHECK = 1.0
 def main(argv: list[str] | None = None) -> int:
     """Write the run's records arriving on stdin into an event file in DIR until stdin ends.
 
-    Started by the run (engine/tensorboard_feed.py) in its own session at nice +10:
+    Started by the run (engine/tensorboard_feed.py) in its own session, 10 nicer than the run:
     the terminal's signals do not reach it, and it ends when the run closes the
     pipe, dies (the pipe ends too) or is gone as its parent.
     """
     parser = argparse.ArgumentParser(prog="tuitrain-tensorboard-writer")
     parser.add_argument("--live", required=True, metavar="DIR")
     parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--nice", type=int, default=10, help="the niceness to run at (at least)")
     args = parser.parse_args(argv)
     try:
-        os.nice(10)
+        if os.getpriority(os.PRIO_PROCESS, 0) < args.nice:
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     except OSError:
         pass
     if not available():
