@@ -125,7 +125,7 @@ class TensorBoardFeed:
                   "stopped; the last records may be missing from its event file", file=sys.stderr)
         if self.dropped:
             print(f"tuitrain: warning: --tensorboard: {self.dropped:,} records were not written live (the "
-                  f"writer fell behind); all of them: tuitrain export {self.out_dir.parent} --tensorboard DIR",
+                  f"writer fell behind or stopped); all of them: tuitrain export {self.out_dir.parent} --tensorboard DIR",
                   file=sys.stderr)
 
     def _close_fd(self) -> None:

@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,30 @@ def test_the_writer_ends_when_its_run_is_killed_and_keeps_what_it_was_given(tmp_
                what="the writer to end after its run was killed")
     scalars, _ = read_tb(R / "tensorboard")
     assert len(scalars["train/loss"]) > 100
+
+
+def test_a_writer_that_falls_behind_never_makes_the_run_wait(tmp_path: Path, capfd):
+    """The hand-off is bounded: with a writer that reads nothing, sends return at once and drops are counted."""
+    from tuitrain.engine import tensorboard_feed
+    from tuitrain.engine.tensorboard_feed import TensorBoardFeed
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=read_end)
+    os.close(read_end)
+    feed = TensorBoardFeed(stuck, write_end, tmp_path / "run" / "tensorboard")
+    flush = "".join(step_lines(range(1, 1001), 1.0, 0.0)).replace("}{", "}\n{").encode() + b"\n"
+    assert flush.count(b"\n") == 1000
+    slowest = 0.0
+    for _ in range(3 * tensorboard_feed.BACKLOG // len(flush)):
+        began = time.perf_counter()
+        feed.send(flush)
+        slowest = max(slowest, time.perf_counter() - began)
+    assert slowest < 0.05, f"a send took {slowest:.3f} s"
+    assert 0 < len(feed._pending) <= tensorboard_feed.BACKLOG
+    assert feed.dropped > 0 and feed.dropped % 1000 == 0
+    began = time.perf_counter()
+    feed.close(wait=0.5)
+    assert time.perf_counter() - began < 3 and stuck.poll() is not None, "close() must end a stuck writer"
+    err = capfd.readouterr().err
+    assert "records were not written live" in err and f"{feed.dropped:,}" in err

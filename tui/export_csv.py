@@ -104,7 +104,8 @@ def write_steps(events: Iterable[list[ev.Event]], columns: EvalColumns, out: Tex
                     held = [cell(e.step), cell(e.epoch), cell(e.t), *[""] * (len(STEP_COLUMNS) - 3), *blank]
                     held_step = e.step
                 for name, value in eval_values(e).items():
-                    held[where[name]] = cell(value)
+                    if name in where:  # a live run's evaluation newer than the first pass has no column
+                        held[where[name]] = cell(value)
     if held is not None:
         writer.writerow(held)
         rows += 1

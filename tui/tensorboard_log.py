@@ -125,7 +125,11 @@ class TensorBoardLog:
                                   session_log=self._SessionLog(status=self._SessionLog.START)))
 
     def _text(self, e: ev.Event) -> None:
-        self._words.apply(e)
+        try:
+            self._words.apply(e)
+        except Exception:  # a record too odd for the dashboard's words (garbled, from a newer tuitrain): no text
+            self._words.take_log()
+            return
         lines = [line.text for line in self._words.take_log()]
         if isinstance(e, ev.RunEnded):  # the dashboard's own advice (q, a longer run) is not the record's
             lines = [line.removesuffix("; press q to quit") for line in lines[:1]]
