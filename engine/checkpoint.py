@@ -16,6 +16,7 @@ import math
 import os
 import random
 import queue
+import tempfile  # noqa: F401 - tests patch ckpt.tempfile.mkstemp (engine/atomic.py uses it)
 import threading
 from dataclasses import dataclass
 from pathlib import Path
