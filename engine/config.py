@@ -76,6 +76,8 @@ class RunConfig:
     log_interval: float = 0.25
     """Seconds between metric flushes (one host copy of the buffered losses each)."""
     run_dir: str | None = None
+    tensorboard: bool = False
+    """Also write TensorBoard event files, live, into RUN_DIR/tensorboard/ (a helper process writes them)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +125,8 @@ class RunConfig:
         _choice(self, "scheduler", SCHEDULERS)
         _choice(self, "on_nan", ON_NAN)
         _choice(self, "amp_dtype", AMP_DTYPES)
+        if not isinstance(self.tensorboard, bool):
+            raise ConfigError(f"--tensorboard must be true or false, got {self.tensorboard!r}")
         if not isinstance(self.nesterov, bool):
             raise ConfigError(f"--nesterov must be true or false, got {self.nesterov!r}")
         if self.amp is not None and not isinstance(self.amp, bool):

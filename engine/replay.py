@@ -45,7 +45,8 @@ from typing import Any, Iterable, Iterator
 
 from . import events as ev
 
-__all__ = ["EVENT_TYPES", "MetricsFollower", "RecordDecoder", "events_from_records", "load_history", "parse_lines"]
+__all__ = ["EVENT_TYPES", "MetricsFollower", "RecordDecoder", "events_from_records", "load_history", "parse_lines",
+           "stream_events"]
 
 _NAN = math.nan
 
@@ -267,10 +268,14 @@ class RecordDecoder:
                 # the fast path refuse the run, which is then parsed line by line).
                 nxt = data.find(_OTHER_LINE, pos)
                 stop = end if nxt < 0 else nxt + 1
+                segment = data[pos:stop]
                 if steps:
-                    segment = data[pos:stop]
                     if not self._fast_steps(segment):
                         self._records(parse_lines(segment))
+                elif segment.count(b"\n") != segment.count(_STEP_PREFIX):
+                    # Not all step lines: an eval or event line written another way (with spaces, as
+                    # json.dumps does by default) sits inside. Skipping the run whole would lose it.
+                    self._records([r for r in parse_lines(segment) if r.get("kind") != "step"])
                 pos = stop
             else:
                 nl = data.find(b"\n", pos)
@@ -596,6 +601,23 @@ def load_history(run_dir: str | os.PathLike[str], max_step_records: int | None =
     if max_step_records is not None:
         steps_from = _offset_of_last_steps(follower.path, max_step_records)
     return follower.read_events(steps_from=steps_from)
+
+
+def stream_events(path: str | os.PathLike[str], *, steps: bool = True,
+                  chunk: int = CHUNK) -> Iterator[list[ev.Event]]:
+    """The events of metrics.jsonl as it is now, in pieces of about `chunk` bytes of the file each.
+
+    For readers that must not hold a whole run (an export of a million-step run):
+    memory stays about one piece's worth. A live run is read up to where it is;
+    `steps=False` skips the step records (every other record is decoded).
+    """
+    follower = MetricsFollower(path, chunk=chunk)
+    while True:
+        events = follower.read_events(steps_from=0 if steps else 1 << 62)
+        if events:
+            yield events
+        if not follower.behind:
+            return
 
 
 def _offset_of_last_steps(path: Path, count: int) -> int:

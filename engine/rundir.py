@@ -30,7 +30,7 @@ from .events import clean_json
 # the readers here (`tuitrain runs`, `watch`: viewers, which never import torch) can use this module.
 
 
-#: The temp files of atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
+#: The temp files of engine/atomic.py's atomic_write_bytes (".latest.pt.k3j9x_q2.tmp") and the
 #: write probe of create(): a killed process can leave one behind; nothing
 #: else in a run directory looks like them.
 _TEMP_FILE = re.compile(r"^\.(.+\.[A-Za-z0-9_]{8}\.tmp|write-test-\d+)$")
@@ -237,6 +237,8 @@ class RunDir:
         """The error of the failing metrics.jsonl write streak, None while writes succeed."""
         self.dropped_lines = 0
         """Records dropped because metrics.jsonl could not be written for too long."""
+        self.tee: Callable[[bytes], None] | None = None
+        """Also hears every flush's new lines, as bytes (--tensorboard's writer: engine/tensorboard_feed.py)."""
 
     # -- creation -----------------------------------------------------------
     def claim(self, *, resume: bool) -> RunLock:
@@ -364,8 +366,11 @@ class RunDir:
         if self._metrics is None:
             return
         if self._pending:
-            self._unwritten += ("\n".join(self._pending) + "\n").encode("utf-8")
+            data = ("\n".join(self._pending) + "\n").encode("utf-8")
+            self._unwritten += data
             self._pending, self._pending_size = [], 0
+            if self.tee is not None:
+                self.tee(data)
         try:
             view = memoryview(self._unwritten)
             while view:

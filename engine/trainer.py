@@ -300,6 +300,7 @@ class Trainer:
         self._session_samples = 0
         self._window = (time.perf_counter(), 0, 0)  # (time, steps, samples) at the last flush
         self._process_probe = ProcessProbe()  # the run's RSS and CUDA memory, for viewers (<= 1/s)
+        self._tensorboard: Any = None  # engine/tensorboard_feed.py TensorBoardFeed, with --tensorboard
         self._paused_total = 0.0
         self._paused_at: float | None = None
         if resume is not None:
@@ -478,6 +479,12 @@ class Trainer:
 
     # -- public entry ------------------------------------------------------------
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:
+            self._close_tensorboard()  # also when something unexpected ends the run: the helper never outlives it
+
+    def _run(self) -> RunResult:
         status, reason, signal, error, tb = "finished", "completed all epochs", None, None, None
         self._start()
         started = time.perf_counter()
@@ -504,11 +511,19 @@ class Trainer:
         if isinstance(getattr(self, "_metrics_fd", None), int):
             workers.release(self._metrics_fd)
         self.rundir.close()
+        self._close_tensorboard()
         if record_error is None and (self.rundir.dropped_lines or self.rundir.metrics_error):
             record_error = (f"{self.rundir.path / 'metrics.jsonl'}: {self.rundir.dropped_lines:,} records could "
                             f"not be written ({self.rundir.metrics_error or 'the disk did not take them'})")
         self.record_error = record_error
         return RunResult(status, self.rundir.path, summary, signal, error, tb, record_error)
+
+    def _close_tensorboard(self) -> None:
+        """The record is complete: the TensorBoard writer gets the last lines and ends (bounded wait)."""
+        feed, self._tensorboard = self._tensorboard, None
+        if feed is not None:
+            self.rundir.tee = None
+            feed.close()
 
     def _safe(self, action: Callable[[], Any]) -> None:
         """Disk trouble while wrapping up must not hide the run's real outcome."""
@@ -526,6 +541,12 @@ class Trainer:
         self._metrics_fd = getattr(self.rundir, "_metrics", None)
         if isinstance(self._metrics_fd, int):
             workers.parent_only(self._metrics_fd)  # a DataLoader worker never holds the run's record
+        if self.cfg.tensorboard and self._tensorboard is None:
+            # A helper process writes RUN_DIR/tensorboard/ from the lines each flush writes to metrics.jsonl.
+            from .tensorboard_feed import TensorBoardFeed
+            self._tensorboard = TensorBoardFeed.start(self.rundir.path / "tensorboard")
+            if self._tensorboard is not None:
+                self.rundir.tee = self._tensorboard.send
         self.emit(RunStarted(
             self.step, self._now(), run_dir=str(self.rundir.path), preset=self.preset.name,
             task=self.preset.task, metric=self.preset.metric_name, device=str(self.device),

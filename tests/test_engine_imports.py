@@ -73,3 +73,28 @@ def test_engine_holds_no_viewer_modules():
     import tuitrain.engine
     names = {m.name for m in pkgutil.iter_modules(tuitrain.engine.__path__)}
     assert not names & {"history", "system"}, names
+
+
+EXPORT_CHECK = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from tuitrain.engine import events as ev
+    R = Path(sys.argv[1])
+    R.mkdir()
+    stats = ev.StepStats(2, 1.0, epoch=1, steps=[1, 2], loss=[0.5, 0.4], lr=[0.1, 0.1], grad_norm=None,
+                         epoch_step=2, steps_per_epoch=2, steps_per_sec=0.0, samples_per_sec=0.0)
+    (R / "metrics.jsonl").write_text("\\n".join(stats.records()) + "\\n")
+    from tuitrain.tui.cli import main
+    assert main(["export", str(R), "--csv", str(R / "o.csv")]) == 0
+    assert main(["export", str(R), "--tensorboard", str(R / "tb")]) == 0
+    from tuitrain.tui import tensorboard_log  # what the live writer process runs
+    assert "torch" not in sys.modules, "torch imported by tuitrain export"
+    print("exported without torch")
+""")
+
+
+def test_export_and_the_tensorboard_writer_run_without_torch(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", EXPORT_CHECK, str(tmp_path / "R")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "exported without torch" in proc.stdout

@@ -29,8 +29,8 @@ INT_FLAGS = {"--epochs": 1, "--batch-size": 1, "--accumulate": 1, "--threads": 1
 FLOAT_FLAGS = {"--lr": False, "--momentum": True, "--weight-decay": True, "--warmup": True, "--grad-clip": True}
 CHOICE_FLAGS = {"--optimizer": OPTIMIZERS, "--scheduler": SCHEDULERS, "--amp-dtype": AMP_DTYPES, "--on-nan": ON_NAN,
                 "--on-hangup": ON_HANGUP}
-SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--list-presets", "--detach", "--for-watchers",
-            "--in-process"]
+SWITCHES = ["--headless", "--nesterov", "--amp", "--no-amp", "--tensorboard", "--no-tensorboard", "--list-presets",
+            "--detach", "--for-watchers", "--in-process"]
 #: --lifeline FD is how a dashboard hands its child the socket (tests/test_launch.py); its own test is below.
 OTHER = ["--preset", "--resume", "--run-dir", "--device", "--lifeline"]
 

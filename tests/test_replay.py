@@ -414,3 +414,37 @@ def test_decoding_a_million_step_run_is_fast(tmp_path: Path):
     assert steps[-1].loss[-1] == 1.0 / n and steps[-1].steps_per_sec == pytest.approx(2000, rel=0.05)
     print(f"load_history: {n:,} steps, {size / 1e6:.0f} MB in {wall:.2f} s ({cpu:.2f} s CPU)")
     assert cpu < 8.0, f"decoding {n:,} steps took {cpu:.2f} s of CPU"  # generous: shared, slow CI CPUs
+
+
+def test_reading_without_steps_keeps_eval_and_event_lines_written_with_spaces(tmp_path: Path):
+    """json.dumps' default separators (a script of the user's, an older writer) put spaces after ':' and ',':
+    such a line inside a run of step lines was skipped along with the steps when steps were not wanted."""
+    evald = eval_done(2, 1).to_dict()
+    lines = [
+        '{"kind":"step","step":1,"epoch":1,"t":5.0,"loss":0.5,"lr":0.01}',
+        '{"kind":"step","step":2,"epoch":1,"t":5.0,"loss":0.4,"lr":0.01}',
+        json.dumps(evald),  # {"kind": "eval", ...}
+        json.dumps({"kind": "event", "event": "paused", "step": 2, "t": 5.5, "reason": "user"}),
+        '{"kind":"step","step":3,"epoch":2,"t":6.0,"loss":0.3,"lr":0.01}',
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    with_steps = replay.RecordDecoder().decode_bytes(data)
+    assert [type(e).__name__ for e in with_steps] == ["StepStats", "EvalDone", "Paused", "StepStats"]
+    without = replay.RecordDecoder().decode_bytes(data, steps=False)
+    assert [type(e).__name__ for e in without] == ["EvalDone", "Paused"]
+    assert without[0].val_loss == evald["val_loss"] and without[1].reason == "user"
+    (tmp_path / "metrics.jsonl").write_bytes(data)
+    assert [type(e).__name__ for e in MetricsFollower(tmp_path / "metrics.jsonl").read_events(
+        steps_from=len(data))] == ["EvalDone", "Paused"]
+
+
+def test_stream_events_reads_a_file_in_bounded_pieces_and_misses_nothing(tmp_path: Path):
+    synthetic_run(tmp_path / "metrics.jsonl", 20_000)
+    whole = load_history(tmp_path)
+    pieces = list(replay.stream_events(tmp_path / "metrics.jsonl", chunk=64 << 10))
+    assert len(pieces) > 10
+    streamed = [e for piece in pieces for e in piece]
+    assert same(streamed, whole)
+    evals = [e for piece in replay.stream_events(tmp_path / "metrics.jsonl", steps=False) for e in piece]
+    assert evals and not any(isinstance(e, ev.StepStats) for e in evals)
+    assert same(evals, [e for e in whole if not isinstance(e, ev.StepStats)])

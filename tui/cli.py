@@ -145,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "threads than idle cores make every step wait for busy ones (several times slower), "
                         "so tuitrain warns")
     o.add_argument("--num-workers", type=_integer, help="DataLoader workers for non-tensor datasets")
+    o.add_argument("--tensorboard", action=argparse.BooleanOptionalAction,
+                   help="also write TensorBoard event files, live, into RUN_DIR/tensorboard/ "
+                        "(needs pip install 'tuitrain[tensorboard]')")
     return p
 
 
@@ -267,6 +270,10 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         raise UsageError("--in-process is for the dashboard; it cannot be used with --detach or --headless")
 
     _answer_without_torch(preset_spec, resume)
+    if args.get("tensorboard"):
+        from tuitrain.tui.tensorboard_log import MISSING, available
+        if not available():
+            raise UsageError(f"--tensorboard: {MISSING}")
     if not headless and not detach and not in_process:
         # The dashboard: the run trains in a child process that it starts; this one never imports torch.
         from tuitrain.tui.launch import preset_child, run_attached

@@ -27,7 +27,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 
 
 #: Flags that may be given with --resume: they do not change what was trained.
-RESUME_FLAGS = {"epochs", "max_steps", "patience", "device", "on_nan", "threads", "num_workers", "run_dir"}
+RESUME_FLAGS = {"epochs", "max_steps", "patience", "device", "on_nan", "threads", "num_workers", "run_dir",
+                "tensorboard"}
 
 
 class UsageError(Exception):
