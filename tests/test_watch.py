@@ -165,7 +165,10 @@ def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -
     pid = None
     client = None
     try:
-        pid = detach(R, tmp_path, "--epochs", "24")
+        # Long enough that the run is still training after the client's start (its import of the engine
+        # takes a second or two), 100 steps with it and 100 after it: at 24 epochs it was at step 2,375 of
+        # 3,000 when the client connected, and finished before the last 100.
+        pid = detach(R, tmp_path, "--epochs", str(EPOCHS := 80))
         client = subprocess.Popen([sys.executable, "-c", CLIENT, str(R)], stdout=subprocess.PIPE, text=True,
                                   env=cli_env(), stdin=subprocess.DEVNULL)
         assert client.stdout.readline().strip() == "connected"
@@ -178,7 +181,7 @@ def test_a_watcher_killed_mid_stream_leaves_the_run_unaffected(tmp_path: Path) -
         wait_for(lambda: not pid_alive(pid), "the run to finish", timeout=120)
         summary = json.loads((R / "summary.json").read_text())
         assert summary["status"] == "finished"
-        assert summary["steps"] == 24 * 125 == last_step(R)
+        assert summary["steps"] == EPOCHS * 125 == last_step(R)
     finally:
         if client is not None and client.poll() is None:
             client.kill()
