@@ -384,6 +384,8 @@ class TuitrainApp(App[int]):
             return
         if self.source.quit_stops_run:
             self.notify("Press q to quit (a running training is stopped and saved first).", markup=False)
+        elif self.source.read_only:
+            self.notify("Press q to close this viewer (the run keeps training).", markup=False)
         else:
             self.notify("Press q to close this viewer (the run keeps training); x stops the run.", markup=False)
 
@@ -428,8 +430,7 @@ class TuitrainApp(App[int]):
             offered = offered - set(STEERING)
         rows = keys.help_rows(offered)
         if source.read_only:
-            why = "several runs are compared" if source.overlays(self.state) else "the run is not live here"
-            rows.append(("", "read-only: " + why))
+            rows.append(("", "read-only: " + source.read_only_reason()))
         self.push_screen(HelpScreen(rows, title=source.help_title))
 
     def action_toggle_boundary(self) -> None:

@@ -118,6 +118,10 @@ class RunSource:
         """Nothing here can steer the run (a replay, someone else's run, a comparison): the help says so."""
         return False
 
+    def read_only_reason(self) -> str:
+        """Why nothing here can steer (the help's last line, when read_only)."""
+        return "the run is not live here"
+
     def overlays(self, state: DashboardState) -> list[tuple[str, DashboardState]]:
         """Runs drawn together on the loss and metric plots (`tuitrain watch a b`); none by default."""
         return []
@@ -198,19 +202,25 @@ class InProcessRun(RunSource):
 class WatchedRun(RunSource):
     """`tuitrain watch`: a run in another process (RemoteRun), and any runs overlaid on its plots.
 
-    Leaving never stops the run: q closes this viewer; only x stops it.
+    Leaving never stops the run: q closes this viewer; only x stops it. With
+    `read_only` (`tuitrain watch --read-only`, what `tuitrain serve --read-only`
+    gives every visitor) this viewer never steers: the steering keys are greyed
+    out as for a finished run, and send() drops anything that still arrives.
     """
 
     quit_stops_run = False
     exit_with_run = False
     help_title = "tuitrain watch keys"
 
-    def __init__(self, remote: "RemoteRun", *, others: Sequence["RemoteRun"] = (), pid: int | None = None) -> None:
+    def __init__(self, remote: "RemoteRun", *, others: Sequence["RemoteRun"] = (), pid: int | None = None,
+                 read_only: bool = False) -> None:
         super().__init__()
         self.remote = remote
         self.others = list(others)
         self.other_states = [DashboardState() for _ in self.others]
         self.pid = pid
+        self.view_only = read_only
+        """Asked for read-only: steering stays off even while the run is live and ours."""
 
     @property
     def compare(self) -> bool:
@@ -221,6 +231,8 @@ class WatchedRun(RunSource):
             names = ", ".join(r.run_dir.name or str(r.run_dir) for r in [self.remote, *self.others])
             self.note("info", f"comparing {names} on the loss and metric plots (one colour each); the other "
                               f"panels show {self.remote.run_dir.name}; steering is off while comparing")
+        elif self.view_only:
+            self.note("info", "read-only viewer: the steering keys are off here")
         for index, other in enumerate(self.others):
             threading.Thread(target=other.run, name=f"tuitrain-other-{index}", daemon=True).start()
         try:
@@ -241,15 +253,25 @@ class WatchedRun(RunSource):
         return out
 
     def send(self, command: Command) -> None:
+        if self.view_only:
+            self.note("warning", f"{command.name} not sent: this viewer is read-only")
+            return
         self.remote.send(command)
 
     @property
     def steerable(self) -> bool:
-        return not self.compare and self.remote.steerable
+        return not self.compare and not self.view_only and self.remote.steerable
 
     @property
     def read_only(self) -> bool:
         return not self.steerable
+
+    def read_only_reason(self) -> str:
+        if self.compare:
+            return "several runs are compared"
+        if self.view_only:
+            return "this viewer was started with --read-only"
+        return super().read_only_reason()
 
     def painted(self) -> None:
         self.remote.first_frame.set()

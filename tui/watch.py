@@ -12,6 +12,7 @@ first, and steering is off (a key acting on one of several runs is a trap).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -21,17 +22,24 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
-USAGE = """usage: tuitrain watch [RUN_DIR ...]
+USAGE = """usage: tuitrain watch [--read-only] [RUN_DIR ...]
 
 Open the dashboard on a run: live (steer it with the usual keys; q closes
 the watcher and the run keeps training, x stops the run) or finished (a
 read-only replay). Without RUN_DIR: the most recent run under ./runs.
 Several RUN_DIRs: their loss and metric curves on the same plots
-(read-only)."""
+(read-only). --read-only: watch a live run without steering it (the
+steering keys are greyed out)."""
+
+#: The flags watch takes (anything else starting with - is refused).
+READ_ONLY = "--read-only"
+#: How textual-serve (`tuitrain serve`) runs each browser's watcher: Textual's web driver, no terminal.
+WEB_DRIVER = "textual.drivers.web_driver:WebDriver"
 
 
-def make_app(paths: Sequence[Path], **kwargs: Any) -> TuitrainApp:
-    """The dashboard on the first run (steerable while it is live), the others overlaid on its plots."""
+def make_app(paths: Sequence[Path], *, read_only: bool = False, **kwargs: Any) -> TuitrainApp:
+    """The dashboard on the first run (steerable while it is live, unless read_only), the others
+    overlaid on its plots."""
     # Imported here: `tuitrain plot` and `export` check their run directories with pick_runs and
     # need no Textual app.
     from tuitrain.tui.app import TuitrainApp
@@ -40,7 +48,7 @@ def make_app(paths: Sequence[Path], **kwargs: Any) -> TuitrainApp:
     from tuitrain.tui.system import SystemSampler
 
     remotes = [RemoteRun(p) for p in paths]
-    source = WatchedRun(remotes[0], others=remotes[1:], pid=live_pid(paths[0]))
+    source = WatchedRun(remotes[0], others=remotes[1:], pid=live_pid(paths[0]), read_only=read_only)
     kwargs.setdefault("sampler", SystemSampler(pid=source.pid))
     return TuitrainApp(source, **kwargs)
 
@@ -92,19 +100,47 @@ def main(argv: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return EXIT_OK
+    read_only = READ_ONLY in args
+    args = [a for a in args if a != READ_ONLY]
     flags = [a for a in args if a.startswith("-")]
     if flags:
-        print(f"tuitrain: error: watch takes run directories, not {flags[0]} (see tuitrain watch --help)",
-              file=sys.stderr)
+        print(f"tuitrain: error: watch takes run directories and --read-only, not {flags[0]} "
+              f"(see tuitrain watch --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
         paths = pick_runs(args)
     except ValueError as exc:
         print(f"tuitrain: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+    if not (sys.stdout.isatty() and sys.stderr.isatty()) and not served():
         print("tuitrain: error: watch needs a terminal (for a table of runs: tuitrain runs)", file=sys.stderr)
         return EXIT_USAGE
-    app = make_app(paths)
+    if served():
+        end_with_server()
+    app = make_app(paths, read_only=read_only)
     app.run()
     return app.exit_code if app.exit_code is not None else EXIT_OK
+
+
+def served() -> bool:
+    """This watcher draws for a browser (`tuitrain serve` started it under Textual's web driver),
+    not for a terminal: its stdout is textual-serve's pipe."""
+    return os.environ.get("TEXTUAL_DRIVER") == WEB_DRIVER
+
+
+def end_with_server() -> None:
+    """Linux: this watcher gets SIGTERM (which Textual's web driver turns into an exit) when the
+    `tuitrain serve` that started it dies, even by SIGKILL, instead of drawing on for nobody."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the server died before the call
+        os.kill(os.getpid(), signal.SIGTERM)
