@@ -51,7 +51,8 @@ VIEWER_CHECK = textwrap.dedent("""
     names = sorted(m.name for m in pkgutil.walk_packages(tuitrain.tui.__path__, "tuitrain.tui.")
                    if m.name not in IN_RUN_PROCESS)
     for required in ("tuitrain.tui.history", "tuitrain.tui.system", "tuitrain.tui.app",
-                     "tuitrain.tui.widgets.system_panel", "tuitrain.tui.plot", "tuitrain.tui.plot_figure"):
+                     "tuitrain.tui.widgets.system_panel", "tuitrain.tui.plot", "tuitrain.tui.plot_figure",
+                     "tuitrain.tui.serve", "tuitrain.tui.web_server"):
         assert required in names, (required, names)
     for name in names:
         importlib.import_module(name)
