@@ -236,3 +236,16 @@ def test_a_writer_that_falls_behind_never_makes_the_run_wait(tmp_path: Path, cap
     assert time.perf_counter() - began < 3 and stuck.poll() is not None, "close() must end a stuck writer"
     err = capfd.readouterr().err
     assert "records were not written live" in err and f"{feed.dropped:,}" in err
+
+
+def test_a_hint_is_a_text_entry_at_its_step_in_the_dashboards_words(tmp_path: Path):
+    R = tmp_path / "R"
+    R.mkdir()
+    hint = ev.Hint(3, 101.5, rule="lr_too_high", message="the loss is rising", evidence="up 40% in 3 steps",
+                   remedy="lower the LR (l)")
+    (R / "metrics.jsonl").write_text("\n".join([started(0, 100.0, False), *step_lines(range(1, 4), 101.0, 0.0),
+                                                hint.to_json(), *step_lines(range(4, 6), 102.0, 0.0)]) + "\n")
+    assert export.main([str(R), "--tensorboard", str(tmp_path / "tb")]) == 0
+    _, texts = read_tb(tmp_path / "tb")
+    ((step, text),) = texts["events/hint"]
+    assert step == 3 and "the loss is rising" in text
