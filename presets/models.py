@@ -135,3 +135,44 @@ class TinyGPT(nn.Module):
         pos = torch.arange(t, device=idx.device)
         h = self.blocks(self.tok(idx) + self.pos(pos))
         return self.head(self.ln(h)).transpose(1, 2)
+
+
+class ImageBytes(nn.Module):
+    """uint8 pixels (0..255) to centred floats, on the model's device: the dataset stays a quarter
+    of its float size in memory and on its way to the GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - 127.5) / 64.0
+
+
+class BasicBlock(nn.Module):
+    """ResNet's two-conv residual block; a 1x1 conv on the shortcut where the shape changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def resnet18(in_channels: int, classes: int, width: int = 64) -> nn.Sequential:
+    """ResNet-18's layout (four stages of two BasicBlocks, widths w, 2w, 4w, 8w) with a 3x3 stem and
+    no stem pooling, as is usual for small images; global average pooling, one linear head."""
+    layers: list[nn.Module] = [ImageBytes(), nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(width), nn.ReLU()]
+    channels = width
+    for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+        layers += [BasicBlock(channels, out, stride=1 if stage == 0 else 2), BasicBlock(out, out)]
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, classes)]
+    return nn.Sequential(*layers)

@@ -27,6 +27,9 @@ TABLE: dict[str, tuple[str, str, str]] = {
                "noisy 20x20 grey circles, squares, triangles; small CNN, BatchNorm + Dropout (3 classes)"),
     "shapes-aug": ("shapes", "AUG_PRESET",
                    "shapes with random flips and shifts in training only (augmentation), same CNN (3 classes)"),
+    "shapes64": ("shapes64", "PRESET",
+                 "64x64 colour images of six shapes; ResNet-18-style CNN, 11M parameters, sized for a GPU "
+                 "(6 classes)"),
     "charlm": ("charlm", "PRESET",
                "character-level tiny transformer (2 layers, causal attention) on Python's own docstrings"),
     "explode": ("explode", "PRESET",

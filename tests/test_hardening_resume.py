@@ -88,7 +88,7 @@ def test_a_checkpoint_naming_code_is_refused_before_anything_is_imported(
     st.from_regex(r"\A[a-z_][a-z0-9_]{0,8}(\.[a-z_][a-z0-9_]{0,8}){0,2}:[a-z_][a-z0-9_]{0,8}\Z"),
     st.from_regex(r"\A[a-z_][a-z0-9_]{0,8}(\.[a-z_][a-z0-9_]{0,8}){1,2}\Z"),
     st.from_regex(r"\A(/|\./|\.\./)?([a-z0-9_]{1,8}/){0,2}[a-z0-9_]{1,8}\.py\Z"),
-).filter(lambda s: s.strip() not in ("circles", "moons", "spiral", "xor", "sine", "shapes", "shapes-aug",
+).filter(lambda s: s.strip() not in ("circles", "moons", "spiral", "xor", "sine", "shapes", "shapes-aug", "shapes64",
                                      "charlm", "explode", "overfit")))
 def test_any_module_or_path_in_a_checkpoint_is_refused_without_importing(
         here: Path, circles_run: Path, no_preset_import: None, spec: str) -> None:

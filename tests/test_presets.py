@@ -23,11 +23,12 @@ from tuitrain.presets import (
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_experiment.py"
 ALLOWED_DEFAULTS = {"epochs", "lr", "batch_size", "optimizer", "weight_decay", "scheduler", "patience",
-                    "momentum", "warmup", "grad_clip"}
+                    "momentum", "nesterov", "warmup", "grad_clip"}
 OPTIMIZERS = {"sgd", "adam", "adamw", "rmsprop"}
 SCHEDULERS = {"none", "step", "cosine", "onecycle", "plateau", "warmup-cosine"}
 UNKNOWN = (
-    "unknown preset 'foo' (known: circles, moons, spiral, xor, sine, shapes, shapes-aug, charlm, explode, "
+    "unknown preset 'foo' (known: circles, moons, spiral, xor, sine, shapes, shapes-aug, shapes64, charlm, "
+    "explode, "
     "overfit; "
     "or a path to a .py file, or package.module:attr)"
 )
@@ -44,8 +45,8 @@ def _tensors(split: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_order_and_names() -> None:
-    assert builtin_names() == ["circles", "moons", "spiral", "xor", "sine", "shapes", "shapes-aug", "charlm",
-                               "explode", "overfit"]
+    assert builtin_names() == ["circles", "moons", "spiral", "xor", "sine", "shapes", "shapes-aug", "shapes64",
+                               "charlm", "explode", "overfit"]
     assert all(BUILTIN[name].name == name for name in builtin_names())
 
 
@@ -80,6 +81,8 @@ def test_builtin_builds_and_forward(name: str) -> None:
         assert len(x) == len(y)
         if x.is_floating_point():  # features or images
             assert x.dtype == torch.float32 and torch.isfinite(x).all()
+        elif x.dtype == torch.uint8:  # images as bytes (shapes64): the model's first layer makes floats
+            assert x.ndim == 4 and int(x.max()) > 0
         else:  # token ids (charlm)
             assert x.dtype == torch.int64 and x.min() >= 0
         out = model(x[:16])
