@@ -191,7 +191,6 @@ class Run:
         self._uncaught: BaseException | None = None
         self._sync: StepSync | None = None
         """Under torchrun (a process group of 2+ ranks): the group's agreement at sync steps."""
-        self._sync_window = (time.perf_counter(), self.step_count, 1)
         if group_size() > 1:
             self._sync = StepSync(first_step=self.step_count + 1)
         if not self._active:
@@ -497,12 +496,8 @@ class Run:
 
     def _next_sync(self) -> int:
         """Rank 0: the step of the next sync, about one log interval ahead at the speed since the last."""
-        now = time.perf_counter()
-        t0, step0, gap = self._sync_window
-        rate = (self.step_count - step0) / max(now - t0, 1e-9)
-        gap = max(1, min(int(rate * self.log_interval), gap * 4, 100_000))  # grows by at most 4x a time
-        self._sync_window = (now, self.step_count, gap)
-        return self.step_count + gap
+        assert self._sync is not None
+        return self._sync.plan(self.step_count, self.log_interval)
 
     def _group_losses(self, sync: StepSync) -> list[float] | None:
         """The mean over ranks of each step's loss since the last sync (one all_reduce, one host copy)."""

@@ -5,6 +5,13 @@ collates in Python, which costs more than the whole step of a small model.
 Here each epoch's permutation is applied once on the device and batches are
 views of the shuffled copy. The order depends on (seed, epoch) only, so a
 resumed run rebuilds it and starts at the saved batch.
+
+Under torchrun each rank takes its own shard of every epoch, with
+DistributedSampler's semantics: the epoch's order (the same on every rank),
+padded by repeating its start to a multiple of the world size when training
+(so every rank has the same number of steps), then every world-th sample from
+the rank's own offset. Evaluation shards are not padded: their sums are added
+over ranks, so each sample counts once.
 """
 
 from __future__ import annotations
@@ -35,30 +42,61 @@ def count_batches(n: int, batch_size: int, drop_last: bool) -> int:
     return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+Shard = tuple[int, int]
+"""(rank, world size): which share of every epoch this process trains on; (0, 1) is all of it."""
+
+
+def shard_size(n: int, shard: Shard, pad: bool) -> int:
+    rank, world = shard
+    if pad:
+        return math.ceil(n / world)
+    return len(range(rank, n, world))
+
+
+def shard_order(order: torch.Tensor, shard: Shard, pad: bool) -> torch.Tensor:
+    """This rank's indices of an epoch's order (DistributedSampler's split)."""
+    rank, world = shard
+    if world == 1:
+        return order
+    if pad:
+        total = math.ceil(len(order) / world) * world
+        if total > len(order):
+            repeats = math.ceil((total - len(order)) / max(len(order), 1))
+            order = torch.cat([order, order.repeat(repeats)[: total - len(order)]])
+    return order[rank::world]
+
+
 #: Batches split off at a time (see TensorBatches.epoch).
 SPLIT_CHUNK = 1024
 
 
 class TensorBatches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device,
-                 seed: int, shuffle: bool = True, drop_last: bool = False) -> None:
+                 seed: int, shuffle: bool = True, drop_last: bool = False, shard: Shard = (0, 1)) -> None:
         if len(x) != len(y):
             raise ValueError(f"inputs and targets differ in length: {len(x)} vs {len(y)}")
+        self.size = len(x)
+        self.shard = shard
+        self.pad = shuffle  # training shards are padded to the same length on every rank
+        if shard[1] > 1 and not shuffle:  # a fixed order: this rank's shard, taken once
+            mine = shard_order(torch.arange(self.size), shard, pad=False)
+            x, y = x[mine], y[mine]
         self.x = x.to(device)
         self.y = y.to(device)
-        self.size = len(x)
+        self.shard_size = shard_size(self.size, shard, self.pad)
         # A batch larger than the split is the whole split (sliced with a huge size, torch's
         # int64 index arithmetic would overflow); the count below still uses the size asked for.
-        self.batch_size = min(batch_size, max(self.size, 1))
+        self.batch_size = min(batch_size, max(self.shard_size, 1))
         self.seed = seed
         self.shuffle = shuffle
-        self.batches_per_epoch = count_batches(self.size, batch_size, drop_last)
+        self.batches_per_epoch = count_batches(self.shard_size, batch_size, drop_last)
         self.device = device
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         x, y = self.x, self.y
         if self.shuffle:
-            order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch)).to(self.device)
+            order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch))
+            order = shard_order(order, self.shard, pad=True).to(self.device)
             x, y = x[order], y[order]
         # split() makes many batch views in one call, cheaper than slicing per step; a chunk
         # at a time, since a view costs ~1 KB (a million of them at batch size 1 is a GB).
@@ -73,23 +111,27 @@ class LoaderBatches:
     """Any map-style Dataset of (input, target) pairs, through a DataLoader."""
 
     def __init__(self, dataset: Dataset, batch_size: int, device: torch.device, seed: int,
-                 shuffle: bool = True, drop_last: bool = False, num_workers: int = 0) -> None:
+                 shuffle: bool = True, drop_last: bool = False, num_workers: int = 0,
+                 shard: Shard = (0, 1)) -> None:
         self.dataset = dataset
         self.size = len(dataset)  # type: ignore[arg-type]
-        self.batch_size = min(batch_size, max(self.size, 1))  # as in TensorBatches
+        self.shard = shard
+        self.shard_size = shard_size(self.size, shard, pad=shuffle)
+        self.batch_size = min(batch_size, max(self.shard_size, 1))  # as in TensorBatches
         self.seed = seed
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.num_workers = num_workers
         self.device = device
         self.pin = device.type == "cuda"
-        self.batches_per_epoch = count_batches(self.size, batch_size, drop_last)
+        self.batches_per_epoch = count_batches(self.shard_size, batch_size, drop_last)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         if self.shuffle:
             order = torch.randperm(self.size, generator=epoch_generator(self.seed, epoch))
         else:
             order = torch.arange(self.size)
+        order = shard_order(order, self.shard, pad=self.shuffle)
         indices = order[start * self.batch_size:].tolist()
         # Its own generator: a DataLoader otherwise draws worker seeds from the
         # global RNG, which would shift dropout masks after a resume.
@@ -108,13 +150,13 @@ def _worker_init(worker_id: int) -> None:
 
 
 def make_batches(split: object, batch_size: int, device: torch.device, seed: int, *,
-                 shuffle: bool, drop_last: bool = False, num_workers: int = 0) -> Batches:
+                 shuffle: bool, drop_last: bool = False, num_workers: int = 0, shard: Shard = (0, 1)) -> Batches:
     if isinstance(split, (tuple, list)) and len(split) == 2 and all(isinstance(t, torch.Tensor) for t in split):
-        return TensorBatches(split[0], split[1], batch_size, device, seed, shuffle, drop_last)
+        return TensorBatches(split[0], split[1], batch_size, device, seed, shuffle, drop_last, shard)
     if isinstance(split, TensorDataset) and len(split.tensors) == 2:
-        return TensorBatches(split.tensors[0], split.tensors[1], batch_size, device, seed, shuffle, drop_last)
+        return TensorBatches(split.tensors[0], split.tensors[1], batch_size, device, seed, shuffle, drop_last, shard)
     if isinstance(split, Dataset) and hasattr(split, "__len__"):
-        return LoaderBatches(split, batch_size, device, seed, shuffle, drop_last, num_workers)
+        return LoaderBatches(split, batch_size, device, seed, shuffle, drop_last, num_workers, shard)
     raise TypeError("a data split must be a pair of tensors (inputs, targets) or a map-style torch Dataset, "
                     f"got {type(split).__name__}")
 

@@ -344,9 +344,32 @@ FIELDS: dict[str, Callable[[Any], Any]] = {
     "config": _dict,
     "preset": _text,
 }
+def _group(value: Any) -> None:
+    """A torchrun group's checkpoint: the world size and each rank's RNG and epoch counts."""
+    group = _dict(value)
+    if set(group) != {"world_size", "ranks"}:
+        raise _Bad("must hold world_size and ranks")
+    _field("world_size", lambda v: _int(v, 1, 1 << 20), group["world_size"])
+    ranks = group["ranks"]
+    if not isinstance(ranks, list) or len(ranks) != group["world_size"]:
+        raise _Bad(f"must be a list of {group['world_size']} (one per rank)", "ranks")
+    for i, entry in enumerate(ranks):
+        def check(entry: Any) -> None:
+            entry = _dict(entry)
+            if set(entry) != {"rng", "correct", "targets", "samples"}:
+                raise _Bad("must hold rng, correct, targets, samples")
+            _field("rng", _rng, entry["rng"])
+            _field("correct", lambda t: _tensor(t, dtype=torch.int64, ndim=0), entry["correct"])
+            _field("targets", _int, entry["targets"])
+            _field("samples", _int, entry["samples"])
+        _field(f"ranks.{i}", check, entry)
+
+
 OPTIONAL: dict[str, Callable[[Any], Any]] = {
     # The hint rules' windows (engine/diagnosis.py); their contents are checked when restored.
     "diagnosis": _dict,
+    # Written under torchrun (engine/trainer.py _group_state).
+    "group": _group,
 }
 OPTIONAL_KEYS = frozenset(OPTIONAL)
 """Keys a checkpoint may lack (an older tuitrain did not write them)."""

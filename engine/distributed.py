@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -33,6 +35,16 @@ def group_size() -> int:
     except (RuntimeError, ValueError):
         pass
     return 1
+
+
+def group_rank() -> int:
+    """This process's rank in an initialized process group, else 0."""
+    try:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except (RuntimeError, ValueError):
+        pass
+    return 0
 
 
 @dataclass
@@ -52,6 +64,16 @@ class StepSync:
         self.world = dist.get_world_size()
         self.next_step = first_step
         self.leader = self.rank == 0
+        self._window = (time.perf_counter(), first_step - 1, 1)  # (time, step, gap) at the last plan
+
+    def plan(self, step: int, interval: float) -> int:
+        """Rank 0: the step of the next sync, about `interval` seconds ahead at the speed since the last."""
+        now = time.perf_counter()
+        t0, step0, gap = self._window
+        rate = (step - step0) / max(now - t0, 1e-9)
+        gap = max(1, min(int(rate * interval), gap * 4, 100_000))  # grows by at most 4x a time
+        self._window = (now, step, gap)
+        return step + gap
 
     def due(self, step: int) -> bool:
         return step >= self.next_step
@@ -66,6 +88,24 @@ class StepSync:
         if received.next_step:
             self.next_step = received.next_step
         return received
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over ranks (an evaluation's sums and counts)."""
+        total = values.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
+    def all_true(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank only if it is true on every rank (--on-nan skip: one rank's NaN skips on all)."""
+        value = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank (a checkpoint's per-rank RNG state)."""
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """The element-wise mean over ranks of a same-shaped tensor (the losses since the last sync)."""

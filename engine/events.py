@@ -82,6 +82,8 @@ class RunStarted(Event):
     amp: str
     """'off', 'float16' or 'bfloat16'."""
     resumed: bool = False
+    world_size: int = 1
+    """Ranks training together under torchrun (1: one process); sizes and steps are per rank."""
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,7 @@ class RunSummary:
     samples_per_sec: float = 0.0
     signal: int | None = None
     run_dir: str = ""
+    world_size: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -400,6 +400,23 @@ class RunDir:
             self._metrics = None
 
 
+class Unrecorded(RunDir):
+    """A rank other than 0 under torchrun: the same run directory (it reads latest.pt to roll back), but
+    rank 0 alone writes the run's files."""
+
+    def create(self, *, resume: bool = False) -> "RunDir":
+        return self
+
+    def write_json(self, name: str, data: Any) -> None:
+        pass
+
+    def write_error(self, text: str) -> None:
+        pass
+
+    def open_metrics(self, on_error: Callable[[Path, str], None] | None = None) -> None:
+        pass
+
+
 def _open_metrics(path: Path) -> int:
     """metrics.jsonl for appending: a regular file of this directory, never a link followed elsewhere."""
     try:

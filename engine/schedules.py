@@ -58,6 +58,21 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig,
     raise ValueError(f"unknown scheduler {name!r}")
 
 
+def planned_steps(scheduler: Any) -> int | None:
+    """The last step a schedule with a fixed plan can take (onecycle, warmup-cosine), else None.
+
+    Restored from a checkpoint, such a scheduler keeps the length it was built for
+    (a run started with --max-steps plans for that many steps) and cannot step past it.
+    """
+    if isinstance(scheduler, sched.OneCycleLR):
+        return int(scheduler.total_steps)
+    if isinstance(scheduler, sched.SequentialLR):
+        last = scheduler._schedulers[-1]
+        if isinstance(last, sched.CosineAnnealingLR) and scheduler._milestones:
+            return int(scheduler._milestones[-1] + last.T_max)
+    return None
+
+
 def scheduled_lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 

@@ -5,12 +5,21 @@ step (a cheap queue check) and applied at that step boundary; every answer
 is an event that goes to the EventBuffer, to listeners and to metrics.jsonl.
 Losses stay on the device and are copied to the host once per flush
 (`log_interval` seconds): every .item() on a GPU is a sync that stalls it.
+
+Under torchrun (a process group of 2+ ranks, engine/distributed.py) every rank
+builds the same Trainer: the model is wrapped in DistributedDataParallel, each
+rank trains on its shard of every epoch, and at *sync steps* chosen by rank 0
+(about one log interval apart) every rank receives rank 0's commands and the
+group's mean losses, so every command takes effect on every rank at the same
+step. Only rank 0 records (metrics.jsonl, checkpoints, summary.json); the
+others train and count.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -23,6 +32,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from . import schedules, workers
 from .batching import Batches, check_data, make_batches
+from .distributed import Decision, StepSync, group_rank, group_size
 from .commands import (Command, CommandQueue, Evaluate, Pause, Resume, SaveCheckpoint, SetLR, Stop,
                        TogglePause, check_lr)
 from .config import ConfigError, RunConfig, available_cpus
@@ -34,7 +44,7 @@ from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointS
                      RunEnded, RunFailed, RunStarted, RunSummary, Sample, SchedulePreview, StepStats, Stopped)
 from .layer_health import LayerHealth
 from .resources import ProcessProbe
-from .rundir import RunDir, read_history
+from .rundir import RunDir, Unrecorded, read_history
 from .seeding import capture_rng, restore_rng, seed_everything
 
 if TYPE_CHECKING:
@@ -215,7 +225,13 @@ class Trainer:
         `insights` collects layer health and diagnosis hints."""
         self.cfg = cfg
         self.preset = preset
-        self.rundir = RunDir(run_dir)
+        self.world = group_size()
+        self.rank = group_rank() if self.world > 1 else 0
+        self.leader = self.rank == 0
+        """Rank 0 (or no group): the rank that records the run and serves its socket."""
+        if not self.leader:
+            boundary = insights = False  # what only a viewer or a hint needs: rank 0's
+        self.rundir = RunDir(run_dir) if self.leader else Unrecorded(run_dir)
         self.commands = CommandQueue()
         self.events = events if events is not None else EventBuffer()
         self.listeners = list(listeners)
@@ -230,12 +246,13 @@ class Trainer:
             text = str(exc) if str(exc).startswith("make_data") else f"make_data(seed): {exc}"
             raise ConfigError(f"{_where(preset.make_data)}: {text} (preset {preset.name!r})") from None
         try:
+            shard = (self.rank, self.world)
             self.train_batches: Batches = make_batches(
                 data.train, cfg.batch_size, self.device, cfg.seed, shuffle=True,
-                drop_last=preset.drop_last, num_workers=cfg.num_workers)
+                drop_last=preset.drop_last, num_workers=cfg.num_workers, shard=shard)
             self.val_batches: Batches = make_batches(
                 data.val, cfg.eval_batch_size or max(256, cfg.batch_size * 4), self.device, cfg.seed,
-                shuffle=False, num_workers=cfg.num_workers)
+                shuffle=False, num_workers=cfg.num_workers, shard=shard)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"preset {preset.name!r}: {exc}") from None
         if self.train_batches.batches_per_epoch == 0:
@@ -303,9 +320,29 @@ class Trainer:
         self._tensorboard: Any = None  # engine/tensorboard_feed.py TensorBoardFeed, with --tensorboard
         self._paused_total = 0.0
         self._paused_at: float | None = None
+        self._collective = True
+        """False once this rank failed on its own: wrapping up, it makes no more collectives."""
+        self.resume_warning: str | None = None
+        """A resumed run at another world size: how its data order differs (said once at start)."""
         if resume is not None:
             self.load_state(resume)
             self._load_diagnosis(resume)
+            planned = schedules.planned_steps(self.scheduler)
+            if planned is not None and self.total_steps > planned:
+                raise ConfigError(
+                    f"--scheduler {cfg.scheduler} planned this run's LR for {planned:,} steps (the run started "
+                    f"with that --max-steps), so it cannot train on to step {self.total_steps:,}: resume with "
+                    f"--max-steps {planned} at most, or start a new run for a longer plan")
+        self.sync: StepSync | None = StepSync(first_step=self.step + 1) if self.world > 1 else None
+        """Under torchrun: the group's agreement at sync steps (engine/distributed.py)."""
+        self._forward: nn.Module = self.model
+        """What the loop calls: the model, or its DistributedDataParallel wrapper in a group."""
+        if self.sync is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Built after a resume restored the weights: DDP starts every rank from rank 0's.
+            self._forward = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     # -- setup helpers ---------------------------------------------------------
     def _set_threads(self) -> None:
@@ -334,7 +371,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     # -- state -------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, group: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The checkpoint; `group`: every rank's own state under torchrun (_group_state)."""
         return {
             "format": ckpt.FORMAT,
             "version": ckpt.VERSION,
@@ -351,11 +389,22 @@ class Trainer:
             "early_stop_counter": self.bad_epochs,
             "epoch_totals": {**self.totals.as_dict(), "correct": self._correct.cpu()},
             "rng": capture_rng(),
+            **({"group": group} if group is not None else {}),
             "config": self.cfg.to_dict(),
             "preset": self.preset.name,
             # Optional: what the hints need to judge a resumed run as one never stopped.
             **({"diagnosis": self._diag.state_dict()} if self._diag is not None else {}),
         }
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: RNG and the epoch's counts of this rank's shard."""
+        return {"rng": capture_rng(), "correct": self._correct.cpu(), "targets": self.totals.targets,
+                "samples": self.totals.samples}
+
+    def _group_state(self) -> dict[str, Any]:
+        """Every rank's _rank_state, gathered at the same step (a collective: every rank calls it)."""
+        assert self.sync is not None
+        return {"world_size": self.world, "ranks": self.sync.gather(self._rank_state())}
 
     def _load_diagnosis(self, state: dict[str, Any]) -> None:
         """Resume the hints' windows where the checkpoint left them (only on resume: a NaN
@@ -385,6 +434,24 @@ class Trainer:
         except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
             first = " ".join(str(exc).split())[:300]
             raise ckpt.CheckpointError(f"the checkpoint does not fit this run: {type(exc).__name__}: {first}") from None
+
+    def _restore_rank(self, state: dict[str, Any]) -> None:
+        """This rank's own RNG and counts when the checkpoint's group had this world size; otherwise
+        the run goes on with rank 0's, and the data order differs from the one saved (said at start)."""
+        group = state.get("group")
+        saved = group["world_size"] if group else 1
+        if saved == self.world:
+            if group:
+                mine = group["ranks"][self.rank]
+                restore_rng(mine["rng"])
+                self._correct = mine["correct"].to(self.device).clone()
+                self.totals.targets, self.totals.samples = int(mine["targets"]), int(mine["samples"])
+            return
+        self.resume_warning = (f"the checkpoint was saved by {saved} rank{'s' if saved > 1 else ''}, this run has "
+                               f"{self.world}: each rank's share of the data, and so the order of the batches, "
+                               "differs from the run that saved it (the epoch goes on from the same fraction)")
+        per_rank = self.train_batches.batches_per_epoch
+        self.batch_in_epoch = min(per_rank, round(self.batch_in_epoch * saved / self.world))
 
     def _check_fits(self, state: dict[str, Any]) -> None:
         """The structure-dependent checks, against what this run just built."""
@@ -420,7 +487,8 @@ class Trainer:
                     raise ckpt.CheckpointError(f"the checkpoint's optimizer state does not fit: {key!r} of "
                                                f"parameter {index} is not a number or a tensor of shape "
                                                f"{tuple(shapes[index])}")
-        if state["batch_in_epoch"] > self.train_batches.batches_per_epoch:
+        saved_world = state["group"]["world_size"] if state.get("group") else 1
+        if saved_world == self.world and state["batch_in_epoch"] > self.train_batches.batches_per_epoch:
             raise ckpt.CheckpointError(f"the checkpoint is at batch {state['batch_in_epoch']} of an epoch that has "
                                        f"{self.train_batches.batches_per_epoch} batches here")
         if state["epoch_totals"]["correct"].dtype != torch.int64:
@@ -455,6 +523,7 @@ class Trainer:
                                    int(totals.get("targets", totals["samples"])))
         self._correct = totals["correct"].to(self.device).clone()
         restore_rng(state["rng"])
+        self._restore_rank(state)
         # The schedule's current LR lives in the optimizer's param groups,
         # which load_state_dict restored; keep the scheduler's view in step.
         if self.scheduler is not None and hasattr(self.scheduler, "_last_lr"):
@@ -463,6 +532,8 @@ class Trainer:
 
     # -- events ----------------------------------------------------------------
     def emit(self, event: Event) -> None:
+        if not self.leader:
+            return  # rank 0 records the group's run
         self.events.put(event)
         self.rundir.append(event.records())
         for listener in self.listeners:
@@ -493,7 +564,8 @@ class Trainer:
         except _EndRun as end:
             status, reason, signal = end.status, str(end), end.signal
         except PRESET_FAILURES as exc:  # the user's model, data or loss raised (sys.exit() in it too)
-            status, reason = "failed", failure_text(exc)
+            self._collective = False  # the other ranks may be anywhere: no collective while wrapping up
+            status, reason = "failed", self._group_failure(exc) or failure_text(exc)
             error, tb = reason, traceback.format_exc()
             self._safe(self._flush)
             self.emit(RunFailed(self.step, self._now(), error=error, traceback=_tail(tb, TRACEBACK_CHARS)))
@@ -555,7 +627,11 @@ class Trainer:
             train_size=self.train_batches.size, val_size=self.val_batches.size,
             parameters=self.parameters,
             amp="off" if self.amp_dtype is None else str(self.amp_dtype).removeprefix("torch."),
-            resumed=self.resumed))
+            resumed=self.resumed, world_size=self.world))
+        if self.resume_warning:
+            self.emit(Hint(self.step, self._now(), rule="world_size_changed", message=self.resume_warning,
+                           evidence="", remedy="resume with the world size that saved the checkpoint for the "
+                                             "same batches", severity="warning"))
         self._emit_preview()
         if self._probe is not None:
             probe = self._probe
@@ -606,7 +682,10 @@ class Trainer:
 
     def _train_epoch(self) -> None:
         cfg = self.cfg
-        model, loss_fn, optimizer, scaler = self.model, self.loss_fn, self.optimizer, self.scaler
+        model, loss_fn, optimizer, scaler = self._forward, self.loss_fn, self.optimizer, self.scaler
+        sync = self.sync
+        # DDP averages gradients at every backward; inside an accumulation group only the last must.
+        no_sync = getattr(model, "no_sync", None) if sync is not None and cfg.accumulate > 1 else None
         accumulate = cfg.accumulate
         clip = cfg.grad_clip
         per_step_schedule = self.granularity == "step" and self.scheduler is not None
@@ -635,13 +714,16 @@ class Trainer:
             except StopIteration:
                 break
             pending.wait += perf() - fetch_start
-            with self._autocast():
-                out = model(x)
-                loss = loss_fn(out, y)
-            if accumulate > 1:
-                (scaler.scale(loss / accumulate) if use_scaler else loss / accumulate).backward()
-            else:
-                (scaler.scale(loss) if use_scaler else loss).backward()
+            local = no_sync() if no_sync is not None and group + 1 < accumulate and b + 1 < nbatches \
+                else contextlib.nullcontext()
+            with local:
+                with self._autocast():
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                if accumulate > 1:
+                    (scaler.scale(loss / accumulate) if use_scaler else loss / accumulate).backward()
+                else:
+                    (scaler.scale(loss) if use_scaler else loss).backward()
             detached = loss.detach()
             group_loss = detached if group_loss is None else group_loss + detached
             if classification:
@@ -657,7 +739,7 @@ class Trainer:
 
             # -- one optimizer step -------------------------------------------
             step_loss = group_loss / group if group > 1 else group_loss
-            if skip_nonfinite and not self._finite_update(step_loss, params, use_scaler):
+            if skip_nonfinite and not self._finite_everywhere(step_loss, params, use_scaler):
                 # --on-nan skip needs this host sync each step; stop/pause do not.
                 optimizer.zero_grad(set_to_none=True)
                 self._skipped += 1
@@ -705,7 +787,10 @@ class Trainer:
                 self.scheduler.step()
 
             # -- step boundary: commands, flush, limits ---------------------------
-            if commands.pending():
+            if sync is not None:
+                if sync.due(self.step):
+                    self._group_boundary(sync)
+            elif commands.pending():
                 self._flush()
                 self._handle_commands()
                 next_flush = time.perf_counter() + interval
@@ -730,6 +815,11 @@ class Trainer:
                 [g.abs().max() for g in grads]
             checks.append(torch.stack([n.float() for n in norms]))
         return bool(torch.isfinite(torch.cat(checks)).all())
+
+    def _finite_everywhere(self, loss: torch.Tensor, params: list[torch.Tensor], use_scaler: bool) -> bool:
+        """--on-nan skip: this step's update is finite on every rank (a NaN on one skips on all)."""
+        finite = self._finite_update(loss, params, use_scaler)
+        return finite if self.sync is None else self.sync.all_true(finite, self.device)
 
     def _optimizer_step(self, use_scaler: bool) -> None:
         if use_scaler:
@@ -767,8 +857,9 @@ class Trainer:
             self._non_finite(self.step, what="validation loss")
         self._save({"latest.pt": "epoch", **({"best.pt": "best"} if ev.improved else {})})
         # Off the training thread: an fsync can take longer than a whole epoch.
-        self._writer.submit(self.rundir.json_bytes(self.history), [self.rundir.path / "history.json"],
-                            self.step, "history", report=False)
+        if self.leader:
+            self._writer.submit(self.rundir.json_bytes(self.history), [self.rundir.path / "history.json"],
+                                self.step, "history", report=False)
         if self.granularity in ("epoch", "metric"):
             self._emit_preview()
         self.rundir.flush()
@@ -778,7 +869,10 @@ class Trainer:
             raise _EndRun("early_stopped",
                           f"no better validation loss for {cfg.patience} epochs (best {self.best_val_loss:.4g} "
                           f"at epoch {self.best_epoch})")
-        self._handle_commands()
+        if self.sync is not None:
+            self._group_boundary(self.sync)
+        else:
+            self._handle_commands()
 
     # -- evaluation ----------------------------------------------------------------
     def _evaluate(self, *, epoch_end: bool) -> EvalDone:
@@ -801,16 +895,22 @@ class Trainer:
                     elements += y.numel()
                     count += len(x)
             # One host copy for the whole evaluation (and the epoch's train accuracy).
-            val_loss, val_metric_sum, correct = torch.stack(
-                [loss_sum, metric_sum, self._correct.double()]).tolist()
+            sums = torch.stack([loss_sum, metric_sum, self._correct.double()])
+            if self.sync is not None:  # each rank evaluated its shard: the group's sums and counts
+                counts = torch.tensor([count, elements, self.totals.targets], dtype=torch.float64,
+                                      device=self.device)
+                sums, counts = self.sync.total(torch.cat([sums, counts])).split(3)
+                count, elements, targets = (int(v) for v in counts.tolist())
+            else:
+                targets = self.totals.targets
+            val_loss, val_metric_sum, correct = sums.tolist()
         finally:
             if was_training:
                 model.train()
         val_loss = val_loss / max(count, 1)
         val_metric = val_metric_sum / max(elements, 1)
         train_loss = self.totals.loss_sum.value / self.totals.steps if self.totals.steps else None
-        train_metric = (correct / self.totals.targets
-                        if self.classification and self.totals.targets else None)
+        train_metric = (correct / targets if self.classification and targets else None)
         extras: dict[str, float | None] = {}
         if self.preset.perplexity:
             extras = {"train_ppl": _perplexity(train_loss), "val_ppl": _perplexity(val_loss)}
@@ -835,7 +935,7 @@ class Trainer:
     def _emit_sample(self, epoch: int) -> None:
         """The preset's own look at the model after an evaluation (charlm: a sampled line)."""
         hook = self.preset.on_eval
-        if hook is None:
+        if hook is None or not self.leader:
             return
         model = self.model
         was_training = model.training
@@ -867,6 +967,10 @@ class Trainer:
             n, m = len(pending.losses), len(pending.norms)
             # The one host copy per flush: losses, grad norms and layer health together.
             stacked = torch.stack([v.float() for v in pending.losses + pending.norms])
+            if self.sync is not None and self._collective:
+                # The group's loss at each step: the mean over ranks (gradients are averaged, so the
+                # clipped norms are every rank's already).
+                stacked = torch.cat([self.sync.mean(stacked[:n]), stacked[n:]])
             if pending.layers is not None:
                 stacked = torch.cat([stacked, pending.layers])
             values = stacked.tolist()
@@ -878,7 +982,7 @@ class Trainer:
             elapsed = max(now - t0, 1e-9)
             self._session_steps += n
             rate = (self._session_steps - steps0) / elapsed
-            sample_rate = (self._session_samples - samples0) / elapsed
+            sample_rate = (self._session_samples - samples0) * self.world / elapsed  # the group's
             data_wait = min(pending.wait / elapsed, 1.0)
             self._window = (now, self._session_steps, self._session_samples)
             lrs = pending.lrs
@@ -963,6 +1067,39 @@ class Trainer:
         elif commands:
             self.rundir.flush()  # the answer on the record now, not at the next flush: viewers show it at once
 
+    def _group_boundary(self, sync: StepSync) -> None:
+        """A sync step (every rank at once): rank 0's commands and the next sync step reach every
+        rank, the group's mean losses are flushed, and every rank applies the same commands."""
+        decision = sync.decide(Decision(self._take_commands(), sync.plan(self.step, self.cfg.log_interval))
+                               if sync.leader else None)
+        self._flush()
+        for command in decision.commands:
+            self._apply(command)
+        if self.paused:
+            self._pause_loop()
+        elif decision.commands:
+            self.rundir.flush()
+
+    def _take_commands(self) -> list[Command]:
+        """Rank 0: what waits in its queue, answering what the queue dropped."""
+        self._answer_dropped()
+        return self.commands.take_all() if self.commands.pending() else []
+
+    def _group_failure(self, exc: BaseException) -> str | None:
+        """A collective that failed because another rank died or hung: said as such, else None."""
+        if self.sync is None:
+            return None
+        text = " ".join(str(exc).split())
+        words = ("connection closed", "connection reset", "broken pipe", "timed out", "timeout",
+                 "ProcessGroup", "gloo", "nccl", "Connection refused")
+        if not isinstance(exc, RuntimeError) or not any(w.lower() in text.lower() for w in words):
+            return None
+        other = " (rank 1)" if self.world == 2 else ""
+        # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:17603: Connection reset by peer. This is typically..."
+        text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h)(?::\d+)?\]\s*", "", text).split(". This is typically")[0]
+        return (f"another rank{other} stopped answering the group at step {self.step}, so the run cannot go on "
+                f"({text[:200]})")
+
     def _answer_dropped(self) -> None:
         """One `rejected` event per kind of command the bounded queue dropped since the last boundary."""
         for name, reason, count in self.commands.take_dropped():
@@ -1042,13 +1179,25 @@ class Trainer:
         return paused
 
     def _pause_loop(self) -> None:
-        """Wait for commands while paused (saves, LR changes and stop still work)."""
+        """Wait for commands while paused (saves, LR changes and stop still work).
+
+        In a group, every rank waits here: rank 0 sends what came (or nothing) once per log
+        interval, so the others wait in short collectives that never meet the group's timeout."""
         self.rundir.flush()
+        sync = self.sync
         try:
             while self.paused:
-                command = self.commands.get(timeout=self.cfg.log_interval)
-                self._answer_dropped()
-                if command is not None:
+                if sync is None:
+                    command = self.commands.get(timeout=self.cfg.log_interval)
+                    self._answer_dropped()
+                    commands = [command] if command is not None else []
+                else:
+                    waiting: list[Command] = []
+                    if sync.leader:
+                        first = self.commands.get(timeout=self.cfg.log_interval)
+                        waiting = ([first] if first is not None else []) + self._take_commands()
+                    commands = sync.decide(Decision(waiting, 0) if sync.leader else None).commands
+                for command in commands:
                     self._apply(command)
                 self._collect_saves()
                 self._emit_process_stats()  # the panel keeps showing the run's memory while paused
@@ -1071,8 +1220,12 @@ class Trainer:
 
         Serialized here (so it is this step's state), written by the background
         writer; a failure (full disk, read-only folder) becomes a
-        CheckpointFailed event and the run goes on.
+        CheckpointFailed event and the run goes on. In a group every rank calls it at the
+        same step; rank 0 writes, with every rank's RNG state.
         """
+        group = self._group_state() if self.sync is not None else None
+        if not self.leader:
+            return
         if not self._weights_finite():
             for name, reason in files.items():
                 path = self.rundir.checkpoints / name
@@ -1081,7 +1234,7 @@ class Trainer:
                                            previous=path.is_file()))
             return
         try:
-            data = ckpt.serialize(self.state_dict())
+            data = ckpt.serialize(self.state_dict(group))
         except (OSError, RuntimeError) as exc:
             for name, reason in files.items():
                 path = self.rundir.checkpoints / name
@@ -1122,5 +1275,5 @@ class Trainer:
             steps=self.step, best_val_loss=self.best_val_loss if math.isfinite(self.best_val_loss) else None,
             best_epoch=self.best_epoch, final=final, train_seconds=round(self._train_seconds, 3),
             steps_per_sec=round(self._session_steps / seconds, 2),
-            samples_per_sec=round(self._session_samples / seconds, 2), signal=signal,
-            run_dir=str(self.rundir.path)).to_dict()
+            samples_per_sec=round(self._session_samples * self.world / seconds, 2), signal=signal,
+            run_dir=str(self.rundir.path), world_size=self.world).to_dict()

@@ -491,3 +491,14 @@ def test_float_targets_are_fine_for_regression(here: Path) -> None:
     """)
     rc, out, err = in_process("--preset", path, "--headless", "--max-steps", "3", "--run-dir", here / "R")
     assert rc == 0, err
+
+
+def test_resuming_a_onecycle_run_past_the_plan_its_max_steps_fixed_is_one_line(here: Path) -> None:
+    """It used to crash with torch's ValueError (a traceback, exit 1) while drawing the LR preview."""
+    rc, out, err = in_process("--preset", "circles", "--headless", "--scheduler", "onecycle", "--epochs", "2",
+                              "--max-steps", "20", "--run-dir", here / "R")
+    assert rc == 0, err
+    rc, out, err = in_process("--resume", here / "R", "--max-steps", "0", "--headless")
+    assert_usage_error(rc, err, "--scheduler onecycle planned this run's LR for 20 steps",
+                       "resume with --max-steps 20 at most")
+    assert read_json(here / "R" / "summary.json")["steps"] == 20, "the run is left as it was"

@@ -164,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: This process was only the dashboard of a run in another process (tui/launch.py): it holds no
 #: work of its own, so it leaves without Python's teardown of Textual and its threads (d returns
-#: the shell that much sooner).
+#: the shell that much sooner). A rank of a torchrun group leaves the same way once its run has
+#: ended: the interpreter's teardown of the process group's threads can abort the process
+#: ("terminate called without an active exception", exit -6) after a run that finished well.
 _viewer_only = False
 
 
@@ -274,6 +276,14 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
         from tuitrain.tui.tensorboard_log import MISSING, available
         if not available():
             raise UsageError(f"--tensorboard: {MISSING}")
+    from tuitrain.tui.group_member import group_env
+    group = group_env()
+    if group is not None:  # one rank of a torchrun group: every rank trains, rank 0 records and serves
+        if detach or in_process or lifeline is not None:
+            raise UsageError("under torchrun every rank trains headless; watch the group with: tuitrain watch RUN_DIR")
+        from tuitrain.tui.group_member import run_member
+        _viewer_only = True  # the run has written and closed everything: leave without the C++ teardown
+        return run_member(group, preset_spec, resume, args, relay)
     if not headless and not detach and not in_process:
         # The dashboard: the run trains in a child process that it starts; this one never imports torch.
         from tuitrain.tui.launch import preset_child, run_attached

@@ -62,6 +62,12 @@ class HeadlessReporter:
         self._print(f"tuitrain: {verb} {e.preset} on {e.device_name}{amp} | {e.train_size:,} train / "
                     f"{e.val_size:,} val | {e.steps_per_epoch} steps/epoch x {e.config['epochs']} epochs | "
                     f"{e.parameters:,} parameters")
+        if e.world_size > 1:
+            per_step = e.config["batch_size"] * e.world_size * e.config.get("accumulate", 1)
+            self._print(f"group: {e.world_size} ranks (torchrun) | each trains on its own shard | batch "
+                        f"{e.config['batch_size']} per rank x {e.world_size} ranks"
+                        + (f" x {e.config['accumulate']} accumulated" if e.config.get("accumulate", 1) > 1 else "")
+                        + f" = {per_step:,} samples per step")
         self._print(f"run dir: {e.run_dir}")
         self.run_dir = e.run_dir
 

@@ -51,11 +51,14 @@ def lifeline_end(fd: int | None, relay: "SignalRelay") -> Any:
     return end
 
 
-def prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any]) -> "PreparedRun":
+def prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, Any], *,
+            follower: bool = False) -> "PreparedRun":
     """Everything that can fail on bad input, done before any training (exit 2).
 
     The run directory is locked (engine/rundir.py RunLock) before anything is
     written there; the PreparedRun holds the lock until the run ends.
+    `follower`: a rank other than 0 under torchrun, in the run directory that
+    rank 0 prepared and holds (overrides["run_dir"]); it locks and writes nothing.
     """
     from tuitrain.engine import checkpoint as ckpt
     from tuitrain.engine.config import ConfigError
@@ -72,7 +75,8 @@ def prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, An
         run_dir = check_path(overrides["run_dir"], "--run-dir") if "run_dir" in overrides else None
         in_place = False
         if resume is not None:
-            state, resume_dir = _load_resume(str(check_path(resume, "--resume")), overrides, ckpt)
+            state, resume_dir = _load_resume(str(check_path(resume, "--resume")), overrides, ckpt,
+                                             follower=follower)
             in_place = resume_dir is not None
             run_dir = resume_dir or run_dir
             cfg, preset = _resume_config(state, resume, resume_dir, preset_spec, overrides)
@@ -85,6 +89,10 @@ def prepare(preset_spec: str | None, resume: str | None, overrides: dict[str, An
             run_dir = new_run_path("runs", name)
         cfg = cfg.replace(run_dir=str(run_dir))
         resolve_device(cfg.device)
+        if follower:
+            run = PreparedRun(cfg, preset, run_dir, state, created=None)
+            run.follower = True
+            return run
         created = _first_missing(run_dir)
         try:
             lock = RunDir(run_dir).claim(resume=in_place)
@@ -204,9 +212,13 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
-def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any) -> tuple[dict[str, Any], Path | None]:
+def _load_resume(resume: str, overrides: dict[str, Any], ckpt: Any,
+                 follower: bool = False) -> tuple[dict[str, Any], Path | None]:
     """The checkpoint to resume (every field checked), and the run directory when resuming one in place."""
     path = Path(resume)
+    if follower and path.is_dir():  # rank 0 checked it and holds it: read the same checkpoint
+        overrides.pop("run_dir", None)
+        return ckpt.load(path / "checkpoints" / "latest.pt"), path
     extra = sorted(set(overrides) - RESUME_FLAGS)
     if extra:
         flags = ", ".join("--" + k.replace("_", "-") for k in extra)
@@ -245,6 +257,8 @@ class PreparedRun:
         """The run's ControlServer (RUN_DIR/control.sock) while it trains; None without one."""
         self.trainer: Any = None
         """The Trainer, once start() built it."""
+        self.follower = False
+        """A rank other than 0 under torchrun: trains in rank 0's run directory, serves and writes nothing."""
         self._finished = False
         self._finish_lock = threading.Lock()
 
@@ -261,7 +275,8 @@ class PreparedRun:
             self.trainer = trainer
             if not isinstance(trainer, int):
                 relay.attach(trainer.commands)
-                self._serve(trainer)
+                if not self.follower:
+                    self._serve(trainer)
             return trainer
         except BaseException:
             self.close()
@@ -343,6 +358,10 @@ class PreparedRun:
         except PRESET_FAILURES as exc:  # sys.exit() or KeyboardInterrupt in preset code is the preset failing
             tb = traceback.format_exc()
             reason = failure_text(exc)
+            if self.follower:  # rank 0 records the run; this rank says what happened to it
+                print(f"tuitrain: rank {os.environ.get('RANK', '?')}: the preset failed while building its data "
+                      f"or model: {reason}", file=sys.stderr)
+                return EXIT_FAILED
             rundir = RunDir(self.run_dir)
             try:
                 rundir.write_error(tb)
