@@ -236,7 +236,7 @@ class Run:
             self.step_count, _now(), run_dir=str(path), preset=self.name, task=OWN_LOOP, metric="metric",
             device=str(device), device_name=device_name(device), config=self.config, epoch=0,
             steps_per_epoch=self.steps_per_epoch or self.total_steps, total_steps=self.total_steps,
-            train_size=0, val_size=0, parameters=parameters, amp="off", resumed=self.step_count > 0))
+            train_size=0, val_size=0, parameters=parameters, amp="off", resumed=self.step_count > 0, world_size=group_size()))
         self._rundir.flush()
         self._serve()
         if handle_signals:
@@ -744,7 +744,7 @@ class Run:
             steps=self.step_count, best_val_loss=self._best_val if math.isfinite(self._best_val) else None,
             best_epoch=self._best_epoch, final=final, train_seconds=round(seconds, 3),
             steps_per_sec=round(self.step_count / seconds, 2), signal=signum,
-            run_dir=str(self.run_dir)).to_dict()
+            run_dir=str(self.run_dir), world_size=group_size()).to_dict()
         assert self._rundir is not None
         try:
             self._rundir.write_json("summary.json", summary)

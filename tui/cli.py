@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--in-process", action="store_true",
                       help="train in a thread of the dashboard's own process instead of a child process "
                            "(slower: the two share one interpreter; d then saves and restarts the run)")
+    what.add_argument("--nproc-per-node", type=_integer, metavar="N",
+                      help="train on N ranks of this machine under torchrun (DDP; one GPU each on CUDA, gloo on "
+                           "CPUs), watched and steered as one run")
     # How the dashboard starts its run: the child side of the lifeline (engine/lifeline.py).
     what.add_argument("--lifeline", type=_integer, help=argparse.SUPPRESS)
     what.add_argument("--on-hangup", choices=ON_HANGUP,
@@ -278,6 +281,21 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
             raise UsageError(f"--tensorboard: {MISSING}")
     from tuitrain.tui.group_member import group_env
     group = group_env()
+    nproc = args.pop("nproc_per_node", None)
+    if nproc is not None:
+        if group is not None:
+            raise UsageError("--nproc-per-node: this process is already one rank of a torchrun group")
+        if nproc < 1:
+            raise UsageError(f"--nproc-per-node must be a positive integer, got {nproc}")
+        if in_process:
+            raise UsageError("--in-process trains in the dashboard's own process; it cannot be used with "
+                             "--nproc-per-node")
+    if nproc is not None and nproc > 1 and (headless or lifeline is not None) and not detach:
+        # This process starts torchrun and stands for the group; the ranks import torch, it does not.
+        from tuitrain.tui.group_launch import launch_group
+        _viewer_only = True
+        return launch_group(argv, nproc, preset_spec=preset_spec, resume=resume, run_dir=args.get("run_dir"),
+                            lifeline=lifeline, on_hangup=relay.on_hangup)
     if group is not None:  # one rank of a torchrun group: every rank trains, rank 0 records and serves
         if detach or in_process or lifeline is not None:
             raise UsageError("under torchrun every rank trains headless; watch the group with: tuitrain watch RUN_DIR")

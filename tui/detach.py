@@ -67,7 +67,7 @@ def wait_started(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 
         if code is not None:
             return Started(proc.pid, "exited", code)
         info = read_pid(run_dir)
-        if info is not None and info.get("pid") == proc.pid:
+        if info is not None and _started_by(info.get("pid"), proc.pid):
             try:
                 ControlClient.connect(run_dir, timeout=1.0).close()
                 return Started(proc.pid, "serving")
@@ -76,6 +76,20 @@ def wait_started(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float = 
         if time.monotonic() > deadline:
             return Started(proc.pid, "starting")
         time.sleep(0.05)  # wait-ok: poll interval of a bounded wait for the child's socket
+
+
+def _started_by(pid: object, child: int) -> bool:
+    """The run's process is our child, or (--nproc-per-node: the child runs torchrun) its rank 0."""
+    if pid == child:
+        return True
+    if not isinstance(pid, int):
+        return False
+    import psutil
+
+    try:
+        return any(parent.pid == child for parent in psutil.Process(pid).parents())
+    except psutil.Error:
+        return False
 
 
 def log_tail(run_dir: Path, lines: int = 20) -> str:

@@ -137,6 +137,8 @@ class DashboardState:
     # -- event handlers ------------------------------------------------------------
     def _on_RunStarted(self, e: ev.RunStarted) -> None:
         self.preset, self.device, self.task, self.metric = e.preset, e.device_name, e.task, e.metric
+        if e.world_size > 1:  # a torchrun group: the header says so
+            self.device = f"{e.device_name} x {e.world_size} ranks"
         self.run_dir, self.epochs = e.run_dir, int(e.config.get("epochs", 0))
         self.config = dict(e.config)
         self.steps_per_epoch, self.total_steps = max(1, e.steps_per_epoch), max(1, e.total_steps)
