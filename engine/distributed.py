@@ -101,6 +101,12 @@ class StepSync:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item())
 
+    def gather_tensor(self, values: torch.Tensor) -> torch.Tensor:
+        """Every rank's same-shaped tensor, stacked in rank order (world, ...), on every rank."""
+        out = [torch.empty_like(values) for _ in range(self.world)]
+        dist.all_gather(out, values.contiguous())
+        return torch.stack(out)
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank (a checkpoint's per-rank RNG state)."""
         out: list[Any] = [None] * self.world

@@ -378,6 +378,10 @@ class ProcessStats(Event):
     cuda: list[dict[str, int | None]] = field(default_factory=list)
     """Per CUDA device used: {"device", "allocated_bytes", "reserved_bytes", "peak_bytes"} (a value
     that could not be read is None); empty without CUDA (or before the run initialized it)."""
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+    """Under torchrun, every rank as gathered at the last flush: {"rank", "pid", "steps_per_sec",
+    "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_bytes"}
+    (None where a rank has no such number); empty for one process."""
 
     def records(self) -> list[str]:
         return []  # live-only: the control socket carries it; metrics.jsonl never holds it

@@ -23,7 +23,7 @@ import psutil
 
 from .events import ProcessStats
 
-__all__ = ["INTERVAL", "ProcessProbe", "cuda_memory"]
+__all__ = ["INTERVAL", "ProcessProbe", "RANK_FIELDS", "cuda_memory", "rank_numbers"]
 
 #: The fewest seconds between two samples (the system panel redraws about once a second).
 INTERVAL = 1.0
@@ -68,6 +68,28 @@ def _bytes(read: Any, device: int) -> int | None:
     return value if value >= 0 else None
 
 
+#: What each rank of a torchrun group reports at a flush, in this order (one small all_gather).
+RANK_FIELDS = ("pid", "steps_per_sec", "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes",
+               "cuda_peak_bytes")
+
+
+def rank_numbers(steps_per_sec: float, device: Any, process: "psutil.Process | None" = None) -> list[float]:
+    """This rank's RANK_FIELDS as numbers (-1: none), for the group's gather at a flush."""
+    rss = -1.0
+    try:
+        rss = float((process or psutil.Process()).memory_info().rss)
+    except Exception:  # noqa: BLE001 - N/A, the run goes on
+        pass
+    cuda = [-1.0, -1.0, -1.0, -1.0]
+    if getattr(device, "type", None) == "cuda":
+        index = device.index or 0
+        mine = [m for m in cuda_memory() if m["device"] == index]
+        cuda = [float(index)] + [float(v) if v is not None else -1.0 for v in
+                                 (mine[0]["allocated_bytes"], mine[0]["reserved_bytes"], mine[0]["peak_bytes"])] \
+            if mine else [float(index), -1.0, -1.0, -1.0]
+    return [float(os.getpid()), float(steps_per_sec), rss, *cuda]
+
+
 class ProcessProbe:
     """Samples this process for ProcessStats, at most once per `interval` seconds.
 
@@ -86,7 +108,7 @@ class ProcessProbe:
         """Has `interval` passed since the last sample (time.monotonic())?"""
         return (time.monotonic() if now is None else now) - self._last >= self.interval
 
-    def sample(self, step: int, t: float) -> ProcessStats:
+    def sample(self, step: int, t: float, ranks: list[dict[str, Any]] | None = None) -> ProcessStats:
         """The ProcessStats of this process now (and the interval starts again)."""
         self._last = time.monotonic()
         pid = os.getpid()
@@ -102,4 +124,4 @@ class ProcessProbe:
                 rss = int(self._process.memory_info().rss)
             except Exception:  # noqa: BLE001 - N/A, the run goes on
                 rss = None
-        return ProcessStats(step, t, pid=pid, rss_bytes=rss, cuda=cuda_memory(self._cuda))
+        return ProcessStats(step, t, pid=pid, rss_bytes=rss, cuda=cuda_memory(self._cuda), ranks=list(ranks or []))

@@ -321,6 +321,8 @@ class Trainer:
         self._paused_total = 0.0
         self._paused_at: float | None = None
         self._collective = True
+        self._ranks: list[dict[str, Any]] = []
+        """Under torchrun: every rank's numbers from the last flush (ProcessStats.ranks)."""
         """False once this rank failed on its own: wrapping up, it makes no more collectives."""
         self.resume_warning: str | None = None
         """A resumed run at another world size: how its data order differs (said once at start)."""
@@ -985,6 +987,8 @@ class Trainer:
             sample_rate = (self._session_samples - samples0) * self.world / elapsed  # the group's
             data_wait = min(pending.wait / elapsed, 1.0)
             self._window = (now, self._session_steps, self._session_samples)
+            if self.sync is not None and self._collective:
+                self._gather_ranks(steps_per_sec=rate)
             lrs = pending.lrs
             pending.clear()
             bad = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
@@ -1010,9 +1014,20 @@ class Trainer:
         self.rundir.flush()
 
     def _emit_process_stats(self) -> None:
-        """At a flush, at most once a second: what only this process knows (RSS, CUDA memory), live-only."""
-        if self._process_probe.due():
-            self.emit(self._process_probe.sample(self.step, self._now()))
+        """At a flush, at most once a second: what only this process knows (RSS, CUDA memory), live-only;
+        in a group, with every rank's numbers from the last flush."""
+        if self.leader and self._process_probe.due():
+            self.emit(self._process_probe.sample(self.step, self._now(), self._ranks))
+
+    def _gather_ranks(self, steps_per_sec: float) -> None:
+        """Every rank's speed, RSS and CUDA memory, in one all_gather of a few numbers (at each flush)."""
+        from .resources import RANK_FIELDS, rank_numbers
+
+        assert self.sync is not None
+        mine = torch.tensor(rank_numbers(steps_per_sec, self.device), dtype=torch.float64, device=self.device)
+        rows = self.sync.gather_tensor(mine).tolist()
+        self._ranks = [{"rank": r, **{name: (None if v < 0 else (int(v) if name != "steps_per_sec" else v))
+                                      for name, v in zip(RANK_FIELDS, row)}} for r, row in enumerate(rows)]
 
     def _non_finite(self, step: int, *, what: str) -> None:
         action = self.cfg.on_nan

@@ -91,6 +91,17 @@ def test_steering_applies_on_both_ranks_at_the_same_step_and_a_pause_outlasts_th
     try:
         client = connect(R)
         wait_until(lambda: steps_taken(tmp_path, 1) >= 100, what="both ranks training", timeout=60)
+        seen: list[dict] = []
+
+        def group_stats() -> list[dict]:
+            seen.extend(m["event"] for m in client.poll()
+                        if m.get("kind") == "live" and m["event"].get("event") == "process")
+            return [e for e in seen if len(e.get("ranks", [])) == 2]
+
+        stats = wait_until(group_stats, what="every rank's numbers over the socket")[-1]
+        assert [r["rank"] for r in stats["ranks"]] == [0, 1]
+        assert stats["ranks"][1]["pid"] == pid(tmp_path, 1) and stats["ranks"][1]["steps_per_sec"] > 0
+        assert stats["ranks"][1]["rss_bytes"] > 10 * 2**20 and stats["ranks"][1]["cuda_device"] is None
         client.send(Pause())
         paused = wait_until(lambda: events_named(R, "paused"), what="paused")[0]
         wait_until(lambda: steps_taken(tmp_path, 0) == steps_taken(tmp_path, 1) == paused["step"],
@@ -235,3 +246,26 @@ def test_torchrun_restarts_a_group_that_lost_a_rank_and_it_resumes_from_latest(t
     assert "torchrun restarted the group" in err
     losses = step_losses(R / "metrics.jsonl")
     assert sorted(losses) == list(range(1, s["steps"] + 1))
+
+
+def test_a_hung_rank_ends_the_run_failed_after_the_group_timeout(tmp_path: Path) -> None:
+    preset = write_preset(tmp_path)
+    timeout = 3.0
+    proc = torchrun(tmp_path, "--preset", str(preset), "--epochs", "3000", "--run-dir", "R",
+                    extra_env={"TUITRAIN_GROUP_TIMEOUT": str(timeout)})
+    R = tmp_path / "R"
+    hung = None
+    try:
+        wait_until(lambda: steps_taken(tmp_path, 1) >= 100, what="both ranks training", timeout=60)
+        hung = pid(tmp_path, 1)
+        os.kill(hung, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: (R / "summary.json").exists(), timeout=60, what="rank 0 giving up on the hung rank")
+        took = time.monotonic() - stopped
+    finally:
+        if hung is not None:
+            os.kill(hung, signal.SIGCONT)
+        finish(proc)
+    s = summary(R)
+    assert s["status"] == "failed" and "rank 1" in s["reason"] and "Timed out" in s["reason"], s["reason"]
+    assert timeout - 0.5 < took < timeout + 10

@@ -193,3 +193,25 @@ def test_the_system_panel_shows_the_runs_rss_and_cuda_memory_when_the_run_sends_
             await until(pilot, lambda: "process RSS 512.0 MiB" in widget_text(panel), "the sampler again")
 
     run_async(body)
+
+
+def test_the_system_panel_lists_every_rank_of_a_torchrun_group() -> None:
+    from tuitrain.tui.widgets.system_panel import SystemPanel
+
+    trainer = FakeTrainer([run_started(T0)])
+    ranks = [{"rank": 0, "pid": 11, "steps_per_sec": 512.4, "rss_bytes": 300 * 2**20, "cuda_device": 0,
+              "cuda_allocated_bytes": 2 * GiB, "cuda_reserved_bytes": 3 * GiB, "cuda_peak_bytes": int(2.5 * GiB)},
+             {"rank": 1, "pid": 12, "steps_per_sec": None, "rss_bytes": None, "cuda_device": None},
+             {"rank": "x"}, "junk"]
+
+    async def body() -> None:
+        async with dashboard(trainer, size=(120, 40)) as (app, pilot, sampler):  # type: ignore[arg-type]
+            panel = app.query_one(SystemPanel)
+            stats = ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=300 * 2**20, ranks=ranks)
+            trainer.events.put(stats)
+            await until(pilot, lambda: "rank 1" in widget_text(panel), "the ranks")
+            text = widget_text(panel)
+            assert "rank 0 512 steps/s · RSS 300.0 MiB · cuda:0 2.0 GiB (peak 2.5 GiB)" in text, text
+            assert "rank 1 N/A steps/s · RSS N/A" in text and "rank x" not in text, text
+
+    run_async(body)

@@ -25,7 +25,7 @@ EXIT_USAGE = 2
 
 #: Seconds a collective may wait before the group gives up on a rank (torch's default is 30 minutes;
 #: a pause never waits in one that long: engine/distributed.py). TUITRAIN_GROUP_TIMEOUT overrides it.
-GROUP_TIMEOUT = 600.0
+GROUP_TIMEOUT = 300.0
 
 
 def group_env() -> tuple[int, int, int] | None:

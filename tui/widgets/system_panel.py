@@ -10,6 +10,21 @@ from tuitrain.tui.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp
 from tuitrain.tui.widgets.text_panel import TextPanel
 
 
+#: Ranks listed one line each; a bigger group is summed up in one more line.
+MAX_RANK_LINES = 8
+
+
+def group_ranks(process: ev.ProcessStats | None) -> list[dict]:
+    """The ranks a group's ProcessStats carries (it came over a socket: anything malformed is left out)."""
+    entries = getattr(process, "ranks", None)
+    return [r for r in entries if isinstance(r, dict) and isinstance(r.get("rank"), int)] \
+        if isinstance(entries, (list, tuple)) else []
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 class SystemPanel(TextPanel):
     def show(self, snap: SystemSnapshot | None, process: ev.ProcessStats | None = None) -> None:
         """`process`: the run's latest ProcessStats (DashboardState.process); it replaces the
@@ -19,8 +34,15 @@ class SystemPanel(TextPanel):
             self.set_content(Text("system: sampling…"), None)
             return
         lines = []
+        ranks = group_ranks(process)
+        on_gpu: dict[int, list[int]] = {}
+        for r in ranks:
+            if isinstance(r.get("cuda_device"), int):
+                on_gpu.setdefault(r["cuda_device"], []).append(r["rank"])
         for gpu in snap.gpus:
-            lines.append(f"GPU{gpu.index} {gpu.name or 'N/A'}")
+            used = on_gpu.get(gpu.index)
+            mark = f" · rank {', '.join(map(str, used))}" if used else ""
+            lines.append(f"GPU{gpu.index} {gpu.name or 'N/A'}{mark}")
             lines.append(f"  util {fmt_percent(gpu.util_percent)} · mem {fmt_bytes(gpu.mem_used_bytes)}"
                          f"/{fmt_bytes(gpu.mem_total_bytes)}")
             lines.append(f"  {fmt_temp(gpu.temperature_c)} · {fmt_watts(gpu.power_w, gpu.power_limit_w)}")
@@ -32,5 +54,14 @@ class SystemPanel(TextPanel):
         lines.append(f"CPU {fmt_percent(snap.cpu_percent)} · RAM {fmt_bytes(snap.ram_used_bytes)}"
                      f"/{fmt_bytes(snap.ram_total_bytes)}")
         lines.append(f"{snap.process_label} RSS {fmt_bytes(snap.process_rss_bytes)}")
+        for r in ranks[:MAX_RANK_LINES]:
+            cuda = (f" · cuda:{r['cuda_device']} {fmt_bytes(_number(r.get('cuda_allocated_bytes')))}"
+                    f" (peak {fmt_bytes(_number(r.get('cuda_peak_bytes')))})"
+                    if isinstance(r.get("cuda_device"), int) else "")
+            rate = _number(r.get("steps_per_sec"))
+            lines.append(f"rank {r['rank']} {'N/A' if rate is None else f'{rate:,.0f}'} steps/s · RSS "
+                         f"{fmt_bytes(_number(r.get('rss_bytes')))}{cuda}")
+        if len(ranks) > MAX_RANK_LINES:
+            lines.append(f"… {len(ranks) - MAX_RANK_LINES} more ranks")
         text = "\n".join(lines)
         self.set_content(Text(text), text)
