@@ -871,10 +871,10 @@ class Trainer:
             raise _EndRun("early_stopped",
                           f"no better validation loss for {cfg.patience} epochs (best {self.best_val_loss:.4g} "
                           f"at epoch {self.best_epoch})")
-        if self.sync is not None:
-            self._group_boundary(self.sync)
-        else:
+        if self.sync is None:
             self._handle_commands()
+        # A group answers commands at its next sync step only: an extra one per epoch would cost every
+        # rank a round of collectives for nothing in most epochs.
 
     # -- evaluation ----------------------------------------------------------------
     def _evaluate(self, *, epoch_end: bool) -> EvalDone:
