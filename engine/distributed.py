@@ -101,6 +101,10 @@ class StepSync:
         dist.all_reduce(value, op=dist.ReduceOp.MIN)
         return bool(value.item())
 
+    def barrier(self) -> None:
+        """Every rank got here (rank 0 finished what the others are about to read)."""
+        dist.barrier()
+
     def gather_tensor(self, values: torch.Tensor) -> torch.Tensor:
         """Every rank's same-shaped tensor, stacked in rank order (world, ...), on every rank."""
         out = [torch.empty_like(values) for _ in range(self.world)]

@@ -615,7 +615,7 @@ class Trainer:
         self._metrics_fd = getattr(self.rundir, "_metrics", None)
         if isinstance(self._metrics_fd, int):
             workers.parent_only(self._metrics_fd)  # a DataLoader worker never holds the run's record
-        if self.cfg.tensorboard and self._tensorboard is None:
+        if self.cfg.tensorboard and self._tensorboard is None and self.leader:
             # A helper process writes RUN_DIR/tensorboard/ from the lines each flush writes to metrics.jsonl.
             from .tensorboard_feed import TensorBoardFeed
             self._tensorboard = TensorBoardFeed.start(self.rundir.path / "tensorboard")
@@ -1055,8 +1055,11 @@ class Trainer:
         raise _EndRun("failed", f"{what} became non-finite at step {step} (--on-nan {self.cfg.on_nan}){keep}")
 
     def _roll_back(self) -> int | None:
-        """Reload latest.pt after a NaN so that resuming continues from good weights."""
+        """Reload latest.pt after a NaN so that resuming continues from good weights (in a group, every
+        rank the same file: they read it once rank 0's writer has put its last save in place)."""
         self._writer.wait()
+        if self.sync is not None:
+            self.sync.barrier()
         self._collect_saves()
         latest = self.rundir.checkpoints / "latest.pt"
         if not latest.exists():

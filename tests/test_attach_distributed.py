@@ -53,6 +53,7 @@ SCRIPT = textwrap.dedent('''
             trace.write(json.dumps({"step": step, "lr": used[-1], "loss": loss.item()}) + "\\n")
             run.step(loss=loss)
     trace.write(json.dumps({"end": step}) + "\\n")
+    dist.barrier()  # leave together: a rank that tears its group down while another still works can abort
     dist.destroy_process_group()
 ''')
 

@@ -206,6 +206,35 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path: Path) -> 
     assert proc.returncode == 1
 
 
+def test_on_nan_pause_rolls_every_rank_back_to_the_same_checkpoint_and_holds_them(tmp_path: Path) -> None:
+    preset = write_preset(tmp_path)
+    proc = torchrun(tmp_path, "--preset", str(preset), "--epochs", "3000", "--run-dir", "R", "--on-nan", "pause",
+                    extra_env={"NAN_AT": "1,100"})
+    R = tmp_path / "R"
+    try:
+        client = connect(R)
+        nan = wait_until(lambda: [e for e in events_named(R, "nan") if e.get("action") == "pause"], timeout=60,
+                         what="the NaN guard pausing the group")[0]
+        assert nan["rolled_back_to"] == STEPS_PER_EPOCH_2, "back to the end of epoch 1 (latest.pt)"
+        wait_until(lambda: events_named(R, "paused"), what="paused")
+        held = steps_taken(tmp_path, 0)
+        assert steps_taken(tmp_path, 1) == held
+        client.send(Resume())
+        wait_until(lambda: min(steps_taken(tmp_path, 0), steps_taken(tmp_path, 1)) > held + 100,
+                   what="training on from the checkpoint")
+        client.send(Stop(reason="enough"))
+        finish(proc)
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    s = summary(R)
+    assert s["status"] == "stopped" and steps_taken(tmp_path, 0) == steps_taken(tmp_path, 1)
+    losses = step_losses(R / "metrics.jsonl")
+    assert sorted(losses) == list(range(1, s["steps"] + 1)) and all(v is not None for v in losses.values())
+
+
 # -- topologies ------------------------------------------------------------------------------------
 
 def test_two_nodes_with_a_c10d_rendezvous_on_this_machine_are_one_run(tmp_path: Path) -> None:

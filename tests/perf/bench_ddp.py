@@ -69,7 +69,8 @@ PLAIN = textwrap.dedent('''
             torch.save({"model": model.module.state_dict(), "optimizer": opt.state_dict()}, sys.argv[2])
     seconds = time.perf_counter() - start
     if rank == 0:
-        print("PLAIN " + json.dumps({"steps": steps, "steps_per_sec": steps / seconds}))
+        print("PLAIN " + json.dumps({"steps": steps, "steps_per_sec": steps / seconds}), flush=True)
+    dist.barrier()  # leave together: a rank that tears its group down while another still works can abort
     dist.destroy_process_group()
 ''')
 
@@ -92,7 +93,8 @@ COLLECTIVES = textwrap.dedent('''
         sync.mean(losses).tolist()
         sync.gather_tensor(mine).tolist()
     if sync.leader:
-        print("SYNC " + json.dumps({"seconds_per_sync": (time.perf_counter() - start) / n}))
+        print("SYNC " + json.dumps({"seconds_per_sync": (time.perf_counter() - start) / n}), flush=True)
+    dist.barrier()
     dist.destroy_process_group()
 ''')
 
