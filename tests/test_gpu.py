@@ -6,7 +6,6 @@ Run them wherever a GPU is at hand: `python -m pytest -q -m gpu`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
