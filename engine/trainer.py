@@ -608,7 +608,13 @@ class Trainer:
 
     def _start(self) -> None:
         self.rundir.create(resume=self.resumed)
-        self.rundir.write_json("config.json", self.cfg.to_dict())
+        config = self.cfg.to_dict()
+        if self.world > 1:  # what the group makes of it: sizes are per rank, a step takes every rank's batch
+            config["group"] = {"world_size": self.world, "batch_size_per_rank": self.cfg.batch_size,
+                               "accumulate": self.cfg.accumulate,
+                               "samples_per_step": self.cfg.batch_size * self.world * self.cfg.accumulate,
+                               "steps_per_epoch": self.steps_per_epoch}
+        self.rundir.write_json("config.json", config)
         if self.resumed:
             self.history = [row for row in read_history(self.rundir.path) if row["epoch"] <= self.epoch]
         self.rundir.open_metrics(on_error=self._metrics_write_failed)

@@ -76,6 +76,9 @@ def test_two_ranks_train_one_run_with_one_record(tmp_path: Path) -> None:
     assert out.count("tuitrain: training") == 1, "rank 0 alone prints"
     started = events_named(R, "started")[0]
     assert started["world_size"] == 2 and started["steps_per_epoch"] == STEPS_PER_EPOCH_2
+    group = json.loads((R / "config.json").read_text())["group"]
+    assert group == {"world_size": 2, "batch_size_per_rank": BATCH, "accumulate": 1, "samples_per_step": 2 * BATCH,
+                     "steps_per_epoch": STEPS_PER_EPOCH_2}
     state = torch.load(R / "checkpoints" / "latest.pt", weights_only=True)
     assert state["group"]["world_size"] == 2 and len(state["group"]["ranks"]) == 2
     assert "module." not in next(iter(state["model_state_dict"])), "the model's own names, not DDP's"
@@ -233,6 +236,19 @@ def test_on_nan_pause_rolls_every_rank_back_to_the_same_checkpoint_and_holds_the
     assert s["status"] == "stopped" and steps_taken(tmp_path, 0) == steps_taken(tmp_path, 1)
     losses = step_losses(R / "metrics.jsonl")
     assert sorted(losses) == list(range(1, s["steps"] + 1)) and all(v is not None for v in losses.values())
+
+
+def test_on_nan_skip_skips_the_update_on_every_rank(tmp_path: Path) -> None:
+    preset = write_preset(tmp_path)
+    proc = torchrun(tmp_path, "--preset", str(preset), "--epochs", "2", "--run-dir", "R", "--on-nan", "skip",
+                    extra_env={"NAN_AT": "1,40"})
+    _, err = finish(proc)
+    s = summary(tmp_path / "R")
+    assert s["status"] == "finished", (s["reason"], err[-2000:])
+    assert s["steps"] == 2 * STEPS_PER_EPOCH_2 - 1, "one update skipped (by both ranks)"
+    assert steps_taken(tmp_path, 0) == steps_taken(tmp_path, 1) == s["steps"]
+    skipped = [e for e in events_named(tmp_path / "R", "nan") if e.get("action") == "skip"]
+    assert skipped and skipped[0]["step"] == 40
 
 
 # -- topologies ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from tuitrain.tui.cli import ON_HANGUP, build_parser
 
 #: flag -> the smallest valid integer
 INT_FLAGS = {"--epochs": 1, "--batch-size": 1, "--accumulate": 1, "--threads": 1, "--max-steps": 0,
-             "--patience": 0, "--num-workers": 0, "--seed": 0}
+             "--patience": 0, "--num-workers": 0, "--seed": 0, "--nproc-per-node": 1}
 #: flag -> is zero allowed
 FLOAT_FLAGS = {"--lr": False, "--momentum": True, "--weight-decay": True, "--warmup": True, "--grad-clip": True}
 CHOICE_FLAGS = {"--optimizer": OPTIMIZERS, "--scheduler": SCHEDULERS, "--amp-dtype": AMP_DTYPES, "--on-nan": ON_NAN,

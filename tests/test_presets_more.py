@@ -28,7 +28,7 @@ from tuitrain.presets import charlm, shapes
 from tuitrain.presets.base import Preset
 from tuitrain.presets.models import RandomFlipShift
 
-NEW = ["shapes", "shapes-aug", "charlm", "explode", "overfit"]
+NEW = ["shapes", "shapes-aug", "shapes64", "charlm", "explode", "overfit"]
 
 
 def cfg_for(preset: Preset, seed: int = 0, **overrides: object) -> RunConfig:
