@@ -90,13 +90,14 @@ def write_preset(folder: Path) -> Path:
 
 
 def torchrun(folder: Path, *args: str, nproc: int = 2, extra_env: dict[str, str] | None = None,
-             launcher: tuple[str, ...] | None = None) -> subprocess.Popen[str]:
-    """`torchrun --nproc-per-node N -m tuitrain ARGS` on 127.0.0.1, its output captured."""
+             launcher: tuple[str, ...] | None = None, script: str | None = None) -> subprocess.Popen[str]:
+    """`torchrun --nproc-per-node N -m tuitrain ARGS` (or `SCRIPT ARGS`) on 127.0.0.1, its output captured."""
     env = {**os.environ, "TRACE_DIR": str(folder / "traces"), **(extra_env or {})}
     cmd = list(launcher) if launcher is not None else [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
         "--master-addr", "127.0.0.1", "--master-port", str(free_port())]
-    return subprocess.Popen([*cmd, "-m", "tuitrain", *args], cwd=folder, env=env, stdout=subprocess.PIPE,
+    target = [script] if script is not None else ["-m", "tuitrain"]
+    return subprocess.Popen([*cmd, *target, *args], cwd=folder, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 

@@ -41,7 +41,7 @@ def test_the_ranks_get_our_command_line_without_the_launch_flags() -> None:
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--nproc-per-node", "0"], "--nproc-per-node must be a positive integer, got 0"),
+    (["--nproc-per-node", "0"], "argument --nproc-per-node: must be a positive integer, got 0"),
     (["--nproc-per-node", "two"], "--nproc-per-node: expected an integer, got 'two'"),
     (["--nproc-per-node", "2", "--in-process"], "--in-process"),
 ])

@@ -178,6 +178,8 @@ def test_report_how_many_bad_inputs_were_tried() -> None:
     (["--batch-size", str(10**30)], "--batch-size is too large"),
     (["--epochs", str(2**63)], "--epochs is too large"),
     (["--num-workers", str(10**6)], "--num-workers must be at most 1024"),
+    # Found by the fuzz above: a valid-looking 2**63 started torchrun with that many ranks.
+    (["--nproc-per-node", str(2**63)], "argument --nproc-per-node: 9223372036854775808 is more ranks than the"),
 ])
 def test_integers_too_large_for_torch_are_refused_before_training(here: Path, args: list[str], needle: str) -> None:
     """Found here: --batch-size 10**30 passed validation and failed mid-run (exit 1, OverflowError in torch)."""

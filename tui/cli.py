@@ -80,6 +80,17 @@ def _threads(text: str) -> int:
     return value
 
 
+def _nproc(text: str) -> int:
+    """--nproc-per-node: at least 1 and at most the CPUs here (each rank is a process that needs one)."""
+    value = _integer(text)
+    cpus = os.cpu_count() or 1
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    if value > cpus:
+        raise argparse.ArgumentTypeError(f"{value} is more ranks than the {cpus} CPUs here (each rank is a process)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tuitrain.engine.config import AMP_DTYPES, ON_NAN, OPTIMIZERS, SCHEDULERS
 
@@ -114,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--in-process", action="store_true",
                       help="train in a thread of the dashboard's own process instead of a child process "
                            "(slower: the two share one interpreter; d then saves and restarts the run)")
-    what.add_argument("--nproc-per-node", type=_integer, metavar="N",
+    what.add_argument("--nproc-per-node", type=_nproc, metavar="N",
                       help="train on N ranks of this machine under torchrun (DDP; one GPU each on CUDA, gloo on "
                            "CPUs), watched and steered as one run")
     # How the dashboard starts its run: the child side of the lifeline (engine/lifeline.py).
@@ -285,8 +296,6 @@ def _main(argv: list[str], relay: "SignalRelay") -> int:
     if nproc is not None:
         if group is not None:
             raise UsageError("--nproc-per-node: this process is already one rank of a torchrun group")
-        if nproc < 1:
-            raise UsageError(f"--nproc-per-node must be a positive integer, got {nproc}")
         if in_process:
             raise UsageError("--in-process trains in the dashboard's own process; it cannot be used with "
                              "--nproc-per-node")
