@@ -3,7 +3,7 @@
 The known failure of steering a group is a decision taken on rank 0 alone (a
 stop, then a barrier the other ranks never reach). Here no rank decides alone:
 at a *sync step*, agreed in advance, every rank makes the same two small
-collectives — a broadcast_object_list from rank 0 of what happens next (the
+collectives — a broadcast from rank 0 of what happens next (the
 commands it received, and the next sync step, chosen from its speed so that
 syncs come about once per log interval) and an all_reduce of the losses since
 the last sync (the record shows the group's mean). A command waits at most one
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pickle
 import time
 
 import torch
@@ -45,6 +46,53 @@ def group_rank() -> int:
     except (RuntimeError, ValueError):
         pass
     return 0
+
+
+def _wire_device() -> torch.device:
+    """Where a collective's tensors must live: the current GPU under NCCL, the CPU otherwise."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encode(obj: Any, device: torch.device) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(device)
+
+
+def _decode(data: torch.Tensor, size: int) -> Any:
+    # bytes(list) rather than torch's object collectives, whose tensor-to-bytes step needs numpy (not a
+    # dependency here: without it, every object collective raised). The objects are a few KB at most.
+    return pickle.loads(bytes(data[:size].cpu().tolist()))  # noqa: S301 - the group's own ranks
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank (the others pass anything; rank 0's is returned everywhere)."""
+    device = _wire_device()
+    leader = dist.get_rank() == 0
+    data = _encode(obj, device) if leader else torch.empty(0, dtype=torch.uint8, device=device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    n = int(size.item())
+    if not leader:
+        data = torch.empty(n, dtype=torch.uint8, device=device)
+    dist.broadcast(data, src=0)
+    return obj if leader else _decode(data, n)
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    device = _wire_device()
+    world = dist.get_world_size()
+    data = _encode(obj, device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    padded = torch.zeros(max(counts), dtype=torch.uint8, device=device)
+    padded[:data.numel()] = data
+    out = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return [_decode(t, n) for t, n in zip(out, counts)]
 
 
 @dataclass
@@ -80,9 +128,7 @@ class StepSync:
 
     def decide(self, decision: Decision | None) -> Decision:
         """Rank 0 passes its Decision, the others None; every rank returns rank 0's."""
-        box: list[Any] = [decision if self.leader else None]
-        dist.broadcast_object_list(box, src=0)
-        received = box[0]
+        received = broadcast_object(decision if self.leader else None)
         if not isinstance(received, Decision):
             raise RuntimeError("the group's decision did not arrive from rank 0")
         if received.next_step:
@@ -113,9 +159,7 @@ class StepSync:
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank (a checkpoint's per-rank RNG state)."""
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+        return all_gather_objects(obj)
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """The element-wise mean over ranks of a same-shaped tensor (the losses since the last sync)."""

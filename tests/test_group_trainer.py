@@ -84,6 +84,20 @@ def test_two_ranks_train_one_run_with_one_record(tmp_path: Path) -> None:
     assert "module." not in next(iter(state["model_state_dict"])), "the model's own names, not DDP's"
 
 
+def test_a_group_needs_no_numpy(tmp_path: Path) -> None:
+    """Found in a fresh install: torch's object collectives turn tensors into bytes through numpy, which
+    tuitrain does not depend on; every rank raised at its first broadcast."""
+    preset = write_preset(tmp_path)
+    blocked = tmp_path / "no_numpy" / "numpy"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError('numpy is not installed here')\n")
+    path = os.pathsep.join([str(blocked.parent), os.environ.get("PYTHONPATH", "")])
+    out, err = finish(torchrun(tmp_path, "--preset", str(preset), "--epochs", "1", "--run-dir", "R",
+                               extra_env={"PYTHONPATH": path}))
+    s = summary(tmp_path / "R")
+    assert s["status"] == "finished" and s["world_size"] == 2, err[-3000:]
+
+
 def test_steering_applies_on_both_ranks_at_the_same_step_and_a_pause_outlasts_the_group_timeout(
         tmp_path: Path) -> None:
     preset = write_preset(tmp_path)

@@ -105,6 +105,8 @@ def launch_group(argv: Sequence[str], nproc: int, *, preset_spec: str | None, re
     # The CPU cores shared out between the ranks (torchrun would otherwise set 1 and say so at length).
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # torchrun imports torch too, which warns where numpy is missing (tuitrain does not need it).
+    env["PYTHONWARNINGS"] = ",".join(w for w in (env.get("PYTHONWARNINGS"), "ignore:Failed to initialize NumPy") if w)
     proc = subprocess.Popen(torchrun_command(nproc, args), stdin=subprocess.DEVNULL,
                             stdout=pipe if lifeline is not None else None, stderr=pipe, start_new_session=True,
                             env=env)

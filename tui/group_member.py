@@ -148,21 +148,20 @@ def run_member(env: tuple[int, int, int], preset_spec: str | None, resume: str |
 
 def _train(rank: int, world: int, preset_spec: str | None, resume: str | None, args: dict[str, Any],
            relay: SignalRelay, restarted: bool) -> int:
-    import torch.distributed as dist
-
+    from tuitrain.engine.distributed import broadcast_object
     from tuitrain.engine.events import EventBuffer
     from tuitrain.engine.rundir import exit_status
 
     if rank == 0:
-        outcome: list[Any] = [None]
+        outcome: Any = None
         try:
             run = prepare(preset_spec, resume, args)
-            outcome = [str(run.run_dir)]
+            outcome = str(run.run_dir)
         except UsageError as exc:
-            outcome = [exc]
-        dist.broadcast_object_list(outcome, src=0)
-        if isinstance(outcome[0], UsageError):
-            raise outcome[0]
+            outcome = exc
+        broadcast_object(outcome if isinstance(outcome, str) else None)
+        if isinstance(outcome, UsageError):
+            raise outcome
         _remember(run.run_dir)
         if restarted:
             print(f"tuitrain: torchrun restarted the group (restart "
@@ -170,11 +169,10 @@ def _train(rank: int, world: int, preset_spec: str | None, resume: str | None, a
         from tuitrain.tui.headless import run_headless
         rc = run_headless(run, relay)
         return run.finish(rc, detach=False, to_terminal=True)
-    box: list[Any] = [None]
-    dist.broadcast_object_list(box, src=0)
-    if not isinstance(box[0], str):
+    run_dir = broadcast_object(None)
+    if not isinstance(run_dir, str):
         return EXIT_USAGE  # rank 0 says why, in one line
-    run = prepare(preset_spec, resume, {**args, "run_dir": box[0]}, follower=True)
+    run = prepare(preset_spec, resume, {**args, "run_dir": run_dir}, follower=True)
     trainer = run.start(relay, events=EventBuffer(maxlen=0))
     if isinstance(trainer, int):
         return trainer
