@@ -19,7 +19,7 @@ import pytest
 from cli_helpers import alive, assert_usage_error, in_process
 from conftest import wait_until
 from dashboard_helpers import events_named
-from group_helpers import steps_taken, write_preset
+from group_helpers import pid, steps_taken, write_preset
 from integration_helpers import connect
 from test_launch import report, summary, viewer
 from tuitrain.engine.commands import Stop
@@ -109,6 +109,10 @@ def test_headless_ctrl_c_saves_every_rank_and_exits_130_without_torchruns_traceb
                             text=True)
     try:
         wait_until(lambda: steps_taken(tmp_path, 1) >= 100, timeout=60, what="both ranks training")
+        maps = Path(f"/proc/{proc.pid}/maps")
+        if maps.exists():  # the process that stands for the group never loads torch (its ranks do)
+            assert "libtorch" not in maps.read_text()
+            assert "libtorch" in Path(f"/proc/{pid(tmp_path, 1)}/maps").read_text(), "a rank does"
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
