@@ -63,6 +63,9 @@ SCRIPT = textwrap.dedent('''
                          callbacks=[TuitrainCallback(run_dir=sys.argv[1], log_interval=0.05)])
     trainer.fit(Rings(), torch.utils.data.DataLoader(data, batch_size=16))
     trace.write(json.dumps({"end": trainer.global_step}) + "\\n")
+    # Leave together (README: gloo can abort a rank that tears its group down while another still works).
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 ''')
 
 
@@ -112,6 +115,8 @@ HF_SCRIPT = textwrap.dedent('''
                                    callbacks=[TuitrainCallback(run_dir=sys.argv[1], log_interval=0.05), Tap()])
     trainer.train()
     trace.write(json.dumps({"end": trainer.state.global_step}) + "\\n")
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 ''')
 
 
