@@ -28,24 +28,24 @@ import torch.distributed as dist
 from .commands import Command
 
 
-def group_size() -> int:
-    """The world size of an initialized process group, else 1."""
+def _group() -> tuple[int, int]:
+    """(rank, world size) of an initialized process group, else (0, 1)."""
     try:
         if dist.is_available() and dist.is_initialized():
-            return dist.get_world_size()
+            return dist.get_rank(), dist.get_world_size()
     except (RuntimeError, ValueError):
         pass
-    return 1
+    return 0, 1
+
+
+def group_size() -> int:
+    """The world size of an initialized process group, else 1."""
+    return _group()[1]
 
 
 def group_rank() -> int:
     """This process's rank in an initialized process group, else 0."""
-    try:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank()
-    except (RuntimeError, ValueError):
-        pass
-    return 0
+    return _group()[0]
 
 
 def _wire_device() -> torch.device:

@@ -694,6 +694,7 @@ class Trainer:
         sync = self.sync
         # DDP averages gradients at every backward; inside an accumulation group only the last must.
         no_sync = getattr(model, "no_sync", None) if sync is not None and cfg.accumulate > 1 else None
+        plain = contextlib.nullcontext()  # reusable: no object per batch on the single-process path
         accumulate = cfg.accumulate
         clip = cfg.grad_clip
         per_step_schedule = self.granularity == "step" and self.scheduler is not None
@@ -723,7 +724,7 @@ class Trainer:
                 break
             pending.wait += perf() - fetch_start
             local = no_sync() if no_sync is not None and group + 1 < accumulate and b + 1 < nbatches \
-                else contextlib.nullcontext()
+                else plain
             with local:
                 with self._autocast():
                     out = model(x)

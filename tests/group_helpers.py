@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from tuitrain.tui.group_launch import free_port
 
 #: Rings, a small MLP; a global optimizer pre-hook writes one line per optimizer step on every rank.
 #: NAN_AT=(rank, n): that rank's model returns NaN at its n-th training forward (the NaN guard's test).
@@ -76,10 +77,21 @@ STEPS_PER_EPOCH_2 = math.ceil(math.ceil(TRAIN_SIZE / 2) / BATCH)
 """Steps per epoch with two ranks: each takes ceil(1003 / 2) = 502 samples, in batches of 8."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
+    """The group's output once it ended; killed on the way out if it outlives `timeout`."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def live_events(client: Any, name: str, seen: list[dict[str, Any]], keep: Any) -> list[dict[str, Any]]:
+    """The live events called `name` that arrived on the control socket so far (added to `seen`) for
+    which keep(event) holds: a wait_until predicate."""
+    seen.extend(m["event"] for m in client.poll() if m.get("kind") == "live" and m["event"].get("event") == name)
+    return [e for e in seen if keep(e)]
 
 
 def write_preset(folder: Path) -> Path:

@@ -7,7 +7,6 @@ test can prove that every command took effect on both ranks at the same step.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import wait_until
+from group_helpers import free_port
 from integration_helpers import connect, events, records
 from tuitrain.engine.commands import Pause, Resume, SetLR, Stop
 
@@ -56,12 +56,6 @@ SCRIPT = textwrap.dedent('''
     dist.barrier()  # leave together: a rank that tears its group down while another still works can abort
     dist.destroy_process_group()
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trace(folder: Path, rank: int) -> list[dict[str, Any]]:

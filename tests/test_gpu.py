@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import wait_until
-from group_helpers import steps_taken, torchrun, write_preset
+from group_helpers import live_events, steps_taken, torchrun, write_preset
 from integration_helpers import connect
 
 pytestmark = [pytest.mark.gpu,
@@ -44,13 +44,8 @@ def test_shapes64_on_the_gpu_reports_its_speed_and_cuda_memory(tmp_path: Path) -
     try:
         client = connect(R)
         seen: list[dict] = []
-
-        def memory() -> list[dict]:
-            seen.extend(m["event"] for m in client.poll() if m.get("kind") == "live"
-                        and m["event"].get("event") == "process" and m["event"].get("cuda"))
-            return seen
-
-        stats = wait_until(memory, timeout=300, what="the run's CUDA memory over the socket")[-1]
+        stats = wait_until(lambda: live_events(client, "process", seen, lambda e: e.get("cuda")), timeout=300,
+                           what="the run's CUDA memory over the socket")[-1]
         assert stats["cuda"][0]["allocated_bytes"] > 10 * 2**20
         client.close()
         out, err = proc.communicate(timeout=900)
@@ -81,13 +76,8 @@ def test_two_nccl_ranks_one_gpu_each(tmp_path: Path, monkeypatch: pytest.MonkeyP
     try:
         client = connect(R)
         seen: list[dict] = []
-
-        def ranks() -> list[dict]:
-            seen.extend(m["event"] for m in client.poll() if m.get("kind") == "live"
-                        and m["event"].get("event") == "process" and len(m["event"].get("ranks", [])) == 2)
-            return seen
-
-        stats = wait_until(ranks, timeout=120, what="both ranks' numbers")[-1]
+        stats = wait_until(lambda: live_events(client, "process", seen, lambda e: len(e.get("ranks", [])) == 2),
+                           timeout=120, what="both ranks' numbers")[-1]
         assert [r["cuda_device"] for r in stats["ranks"]] == [0, 1]
         client.close()
         out, err = proc.communicate(timeout=900)

@@ -20,21 +20,12 @@ import torch
 
 from conftest import wait_until
 from dashboard_helpers import events_named, records
-from group_helpers import (BATCH, STEPS_PER_EPOCH_2, TRAIN_SIZE, free_port, lrs, pid, steps_taken, torchrun,
-                           write_preset)
+from group_helpers import (BATCH, STEPS_PER_EPOCH_2, TRAIN_SIZE, finish, free_port, live_events, lrs, pid,
+                           steps_taken, torchrun, write_preset)
 from integration_helpers import connect
 from tuitrain.engine.batching import TensorBatches, shard_order
 from tuitrain.engine.commands import Pause, Resume, SaveCheckpoint, SetLR, Stop
 from tuitrain.engine.rundir import step_losses
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
 
 
 def summary(run_dir: Path) -> dict:
@@ -109,13 +100,8 @@ def test_steering_applies_on_both_ranks_at_the_same_step_and_a_pause_outlasts_th
         client = connect(R)
         wait_until(lambda: steps_taken(tmp_path, 1) >= 100, what="both ranks training", timeout=60)
         seen: list[dict] = []
-
-        def group_stats() -> list[dict]:
-            seen.extend(m["event"] for m in client.poll()
-                        if m.get("kind") == "live" and m["event"].get("event") == "process")
-            return [e for e in seen if len(e.get("ranks", [])) == 2]
-
-        stats = wait_until(group_stats, what="every rank's numbers over the socket")[-1]
+        stats = wait_until(lambda: live_events(client, "process", seen, lambda e: len(e.get("ranks", [])) == 2),
+                           what="every rank's numbers over the socket")[-1]
         assert [r["rank"] for r in stats["ranks"]] == [0, 1]
         assert stats["ranks"][1]["pid"] == pid(tmp_path, 1) and stats["ranks"][1]["steps_per_sec"] > 0
         assert stats["ranks"][1]["rss_bytes"] > 10 * 2**20 and stats["ranks"][1]["cuda_device"] is None

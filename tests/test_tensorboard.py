@@ -218,7 +218,8 @@ def test_a_writer_that_falls_behind_never_makes_the_run_wait(tmp_path: Path, cap
 
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
-    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=read_end)
+    # A writer that never reads: it must outlive the test (killed at its end), not wait for anything.
+    stuck = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], stdin=read_end)  # wait-ok
     os.close(read_end)
     feed = TensorBoardFeed(stuck, write_end, tmp_path / "run" / "tensorboard")
     flush = "".join(step_lines(range(1, 1001), 1.0, 0.0)).replace("}{", "}\n{").encode() + b"\n"

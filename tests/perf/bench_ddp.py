@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from tuitrain.tui.group_launch import free_port
 
 PLAIN = textwrap.dedent('''
     import json, os, sys, time
@@ -97,12 +98,6 @@ COLLECTIVES = textwrap.dedent('''
     dist.barrier()
     dist.destroy_process_group()
 ''')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*args: str, cwd: Path) -> str:
