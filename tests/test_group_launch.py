@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cli_helpers import alive, assert_usage_error, in_process
-from conftest import only_slow, wait_until
+from conftest import wait_until
 from dashboard_helpers import events_named
 from group_helpers import pid, steps_taken, write_preset
 from integration_helpers import connect
@@ -51,7 +51,6 @@ def test_bad_group_flags_are_one_line(here: Path, extra: list[str], message: str
     assert not (here / "R").exists()
 
 
-@only_slow  # timed out at 180 s in 2 of 5 clean-clone CI runs (the viewer never saw RUNNING); see the note
 def test_q_in_the_dashboard_stops_every_rank_and_the_dashboard_never_imports_torch(
         tmp_path: Path, preset: Path) -> None:
     R = tmp_path / "R"
@@ -83,7 +82,6 @@ def test_a_killed_dashboard_is_a_hangup_for_the_whole_group(tmp_path: Path, pres
         _end_group(R, tmp_path)
 
 
-@only_slow  # timed out at 180 s in 2 of 5 clean-clone CI runs (the viewer never saw RUNNING); see the note
 def test_d_leaves_the_group_training_and_a_watcher_can_stop_it(tmp_path: Path, preset: Path) -> None:
     R = tmp_path / "R"
     proc = viewer("detach", R, "--preset", str(preset), *GROUP, cwd=tmp_path)
@@ -160,3 +158,37 @@ def test_detach_starts_the_group_in_the_background_and_returns(tmp_path: Path, p
         assert ended["status"] == "stopped" and ended["world_size"] == 2
     finally:
         _end_group(R, tmp_path)
+
+
+class _Lifeline:
+    def __init__(self) -> None:
+        self.ready: list[Path] = []
+
+    def report_ready(self, run_dir: Path) -> None:
+        self.ready.append(run_dir)
+
+
+class _Proc:
+    def __init__(self, code: int | None) -> None:
+        self.code = code
+
+    def poll(self) -> int | None:
+        return self.code
+
+
+@pytest.mark.parametrize("files,code,told", [
+    # Rank 0 serves control.sock before its trainer opens metrics.jsonl: the dashboard must be told then
+    # (it was not, and the dashboard waited for ever: the q and d tests' timeouts in CI).
+    (("control.sock", "run.pid"), None, True),
+    (("metrics.jsonl",), 1, True),  # the group ended after it recorded: there is a record to show
+    ((), 2, False),  # it ended before it started (a usage error): nothing to attach to
+])
+def test_the_dashboard_is_told_the_run_directory_once_rank_0_serves(
+        tmp_path: Path, files: tuple[str, ...], code: int | None, told: bool) -> None:
+    from tuitrain.tui.group_launch import _Output, _report_when_serving
+
+    for name in files:
+        (tmp_path / name).write_text("{}")
+    lifeline = _Lifeline()
+    _report_when_serving(lifeline, _Proc(code), tmp_path, _Output(keep=True))  # type: ignore[arg-type]
+    assert lifeline.ready == ([tmp_path] if told else [])

@@ -133,11 +133,15 @@ def launch_group(argv: Sequence[str], nproc: int, *, preset_spec: str | None, re
 def _report_when_serving(lifeline: Any, proc: subprocess.Popen[bytes], target: Path, output: "_Output") -> None:
     """Tell the dashboard the run directory once rank 0 serves its socket (or the group ended)."""
     deadline = time.monotonic() + READY_TIMEOUT
+    serving = False
     while proc.poll() is None and time.monotonic() < deadline:
-        if (target / "control.sock").exists() and (target / "run.pid").exists():
+        serving = (target / "control.sock").exists() and (target / "run.pid").exists()
+        if serving:
             break
         time.sleep(0.05)  # wait-ok: polling for files another process creates, with a deadline
-    if (target / "metrics.jsonl").exists():
+    # Rank 0 serves before its trainer opens metrics.jsonl (as a single run reports ready before step 1),
+    # so serving is enough; a group that ended without serving is worth showing only if it recorded.
+    if serving or (target / "metrics.jsonl").exists():
         output.moved(lambda: lifeline.report_ready(target))
 
 
