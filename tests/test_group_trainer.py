@@ -265,6 +265,8 @@ def test_two_nodes_with_a_c10d_rendezvous_on_this_machine_are_one_run(tmp_path: 
     s = summary(tmp_path / "R")
     assert s["status"] == "finished" and s["world_size"] == 2 and s["steps"] == 2 * STEPS_PER_EPOCH_2
     assert lrs(tmp_path, 0) == lrs(tmp_path, 1)
+    # The launch's marker (for torchrun restarts) goes with a run that ended for good, not one per launch.
+    assert not (tmp_path / "runs" / ".torchrun").exists()
 
 
 def test_torchrun_restarts_a_group_that_lost_a_rank_and_it_resumes_from_latest(tmp_path: Path) -> None:

@@ -119,6 +119,18 @@ def _remember(run_dir: Path) -> None:
         pass
 
 
+def _forget() -> None:
+    """The run ended for good: its marker goes, and runs/.torchrun/ with the last one."""
+    marker = _marker()
+    if marker is None:
+        return
+    try:
+        marker.unlink(missing_ok=True)
+        marker.parent.rmdir()
+    except OSError:
+        pass  # other launches' markers are still there, or it was never ours to remove
+
+
 def run_member(env: tuple[int, int, int], preset_spec: str | None, resume: str | None, args: dict[str, Any],
                relay: SignalRelay) -> int:
     """Train as one rank of the group; the exit status is the run's, the same on every rank."""
@@ -167,8 +179,10 @@ def _train(rank: int, world: int, preset_spec: str | None, resume: str | None, a
             print(f"tuitrain: torchrun restarted the group (restart "
                   f"{os.environ.get('TORCHELASTIC_RESTART_COUNT')}); resuming {run.run_dir}", file=sys.stderr)
         from tuitrain.tui.headless import run_headless
-        rc = run_headless(run, relay)
-        return run.finish(rc, detach=False, to_terminal=True)
+        rc = run.finish(run_headless(run, relay), detach=False, to_terminal=True)
+        if rc == 0:
+            _forget()  # torchrun restarts only a group that failed: this launch needs no marker now
+        return rc
     run_dir = broadcast_object(None)
     if not isinstance(run_dir, str):
         return EXIT_USAGE  # rank 0 says why, in one line
