@@ -1,6 +1,7 @@
 """What tuitrain.attach() costs a user's own loop: steps/s with run.step() vs the same loop without.
 
     python tests/perf/bench_attach.py [--pairs 7] [--steps 3000] [--batch 16] [--optimizer adam|sgd]
+    python tests/perf/bench_attach.py --shuffled 14     # four arms per round, in a shuffled order
 
 Circles-sized work on the CPU: the circles preset's 2-32-32-2 MLP, batch and optimizer (Adam, batch
 16) with a cosine schedule, on one thread; `--optimizer sgd --batch 32` is the worst case we know
@@ -38,8 +39,8 @@ def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
 
-def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam") -> float:
-    """Steps per second of one plain loop, with attach() when run_dir is given."""
+def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam", arm: str = "attach") -> float:
+    """Steps per second of one plain loop, with attach() when run_dir is given (`arm`: what it is given)."""
     torch.manual_seed(0)
     x = torch.randn(4096, 2)
     y = (x.norm(dim=1) < 1.0).long()
@@ -47,8 +48,9 @@ def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam") 
     opt = make_optimizer(optimizer, model)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = nn.CrossEntropyLoss()
-    run = tuitrain.attach(run_dir=run_dir, model=model, optimizer=opt, scheduler=sched,
-                          total_steps=steps) if run_dir is not None else None
+    given = {"attach": dict(model=model, optimizer=opt, scheduler=sched), "no model": dict(optimizer=opt, scheduler=sched),
+             "no optimizer": {}}[arm]
+    run = tuitrain.attach(run_dir=run_dir, total_steps=steps, **given) if run_dir is not None else None
     start = time.perf_counter()
     for i in range(steps):
         j = (i * batch) % (len(x) - batch)
@@ -98,15 +100,40 @@ def per_step_cost(batch: int, optimizer: str, reps: int = 6, n: int = 2000) -> d
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def shuffled(rounds: int, steps: int, batch: int, optimizer: str) -> None:
+    """Each round runs every arm once, in a new random order: a drift of the machine's speed falls on
+    every arm alike. Prints each arm's median paired ratio to the plain loop of the same round."""
+    import random
+
+    arms = ["plain", "attach", "no model", "no optimizer"]
+    rates: dict[str, list[float]] = {arm: [] for arm in arms}
+    rng = random.Random(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for arm in rng.sample(arms, len(arms)):
+                run_dir = None if arm == "plain" else Path(tmp) / f"{arm}-{r}".replace(" ", "-")
+                rates[arm].append(loop(steps, batch, run_dir, optimizer, arm if run_dir else "attach"))
+    for arm in arms:
+        ratios = [a / b for a, b in zip(rates[arm], rates["plain"])]
+        print(f"{arm:13s} median {statistics.median(rates[arm]):7,.0f} steps/s, median paired ratio "
+              f"{statistics.median(ratios):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--shuffled", type=int, metavar="ROUNDS",
+                        help="instead: ROUNDS rounds of four arms in a shuffled order (plain; attach; attach "
+                             "without the model: no layer health; without the optimizer: no hooks, no LR rule)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loop(300, args.batch, None, args.optimizer)  # warm-up: first-call costs belong to neither side
+    if args.shuffled:
+        shuffled(args.shuffled, args.steps, args.batch, args.optimizer)
+        return
     ratios, plain, attached = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):
