@@ -132,16 +132,18 @@ def launch_group(argv: Sequence[str], nproc: int, *, preset_spec: str | None, re
 
 def _report_when_serving(lifeline: Any, proc: subprocess.Popen[bytes], target: Path, output: "_Output") -> None:
     """Tell the dashboard the run directory once rank 0 serves its socket (or the group ended)."""
+    from tuitrain.engine.control import SOCKET_NAME
+    from tuitrain.engine.rundir import PID_NAME
+
+    def serving() -> bool:
+        return (target / SOCKET_NAME).exists() and (target / PID_NAME).exists()
+
     deadline = time.monotonic() + READY_TIMEOUT
-    serving = False
-    while proc.poll() is None and time.monotonic() < deadline:
-        serving = (target / "control.sock").exists() and (target / "run.pid").exists()
-        if serving:
-            break
+    while proc.poll() is None and time.monotonic() < deadline and not serving():
         time.sleep(0.05)  # wait-ok: polling for files another process creates, with a deadline
     # Rank 0 serves before its trainer opens metrics.jsonl (as a single run reports ready before step 1),
     # so serving is enough; a group that ended without serving is worth showing only if it recorded.
-    if serving or (target / "metrics.jsonl").exists():
+    if serving() or (target / "metrics.jsonl").exists():
         output.moved(lambda: lifeline.report_ready(target))
 
 

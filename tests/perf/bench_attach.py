@@ -40,7 +40,8 @@ def make_optimizer(name: str, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam", arm: str = "attach") -> float:
-    """Steps per second of one plain loop, with attach() when run_dir is given (`arm`: what it is given)."""
+    """Steps per second of one plain loop, with attach() when run_dir is given; `arm` says what attach()
+    is given: "attach" (everything), "no model" or "no optimizer"."""
     torch.manual_seed(0)
     x = torch.randn(4096, 2)
     y = (x.norm(dim=1) < 1.0).long()
@@ -48,9 +49,11 @@ def loop(steps: int, batch: int, run_dir: Path | None, optimizer: str = "adam", 
     opt = make_optimizer(optimizer, model)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = nn.CrossEntropyLoss()
-    given = {"attach": dict(model=model, optimizer=opt, scheduler=sched), "no model": dict(optimizer=opt, scheduler=sched),
-             "no optimizer": {}}[arm]
-    run = tuitrain.attach(run_dir=run_dir, total_steps=steps, **given) if run_dir is not None else None
+    run = None
+    if run_dir is not None:
+        given = {"attach": dict(model=model, optimizer=opt, scheduler=sched),
+                 "no model": dict(optimizer=opt, scheduler=sched), "no optimizer": {}}[arm]
+        run = tuitrain.attach(run_dir=run_dir, total_steps=steps, **given)
     start = time.perf_counter()
     for i in range(steps):
         j = (i * batch) % (len(x) - batch)
@@ -112,7 +115,7 @@ def shuffled(rounds: int, steps: int, batch: int, optimizer: str) -> None:
         for r in range(rounds):
             for arm in rng.sample(arms, len(arms)):
                 run_dir = None if arm == "plain" else Path(tmp) / f"{arm}-{r}".replace(" ", "-")
-                rates[arm].append(loop(steps, batch, run_dir, optimizer, arm if run_dir else "attach"))
+                rates[arm].append(loop(steps, batch, run_dir, optimizer, arm))
     for arm in arms:
         ratios = [a / b for a, b in zip(rates[arm], rates["plain"])]
         print(f"{arm:13s} median {statistics.median(rates[arm]):7,.0f} steps/s, median paired ratio "
