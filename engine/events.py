@@ -380,8 +380,9 @@ class ProcessStats(Event):
     that could not be read is None); empty without CUDA (or before the run initialized it)."""
     ranks: list[dict[str, Any]] = field(default_factory=list)
     """Under torchrun, every rank as gathered at the last flush: {"rank", "pid", "steps_per_sec",
-    "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_bytes"}
-    (None where a rank has no such number); empty for one process."""
+    "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_bytes",
+    "cuda_pci"} (None where a rank has no such number; cuda_pci: resources.pci_key of its GPU, how a
+    viewer finds that GPU among NVML's); empty for one process."""
 
     def records(self) -> list[str]:
         return []  # live-only: the control socket carries it; metrics.jsonl never holds it

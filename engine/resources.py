@@ -23,7 +23,7 @@ import psutil
 
 from .events import ProcessStats
 
-__all__ = ["INTERVAL", "ProcessProbe", "RANK_FIELDS", "cuda_memory", "rank_numbers"]
+__all__ = ["INTERVAL", "ProcessProbe", "RANK_FIELDS", "cuda_memory", "cuda_pci", "pci_key", "rank_numbers"]
 
 #: The fewest seconds between two samples (the system panel redraws about once a second).
 INTERVAL = 1.0
@@ -70,7 +70,23 @@ def _bytes(read: Any, device: int) -> int | None:
 
 #: What each rank of a torchrun group reports at a flush, in this order (one small all_gather).
 RANK_FIELDS = ("pid", "steps_per_sec", "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes",
-               "cuda_peak_bytes")
+               "cuda_peak_bytes", "cuda_pci")
+
+
+def pci_key(domain: int, bus: int, device: int) -> int:
+    """A GPU's PCI location as one number: the name NVML and CUDA share. Their indexes differ whenever
+    CUDA_VISIBLE_DEVICES renumbers the devices or CUDA orders them fastest first (its default)."""
+    return (int(domain) << 16) | (int(bus) << 8) | int(device)
+
+
+def cuda_pci(index: int) -> int | None:
+    """pci_key of CUDA device `index` of this process; None when torch cannot say."""
+    torch = sys.modules.get("torch")
+    try:
+        props = torch.cuda.get_device_properties(index)  # type: ignore[union-attr]
+        return pci_key(props.pci_domain_id, props.pci_bus_id, props.pci_device_id)
+    except Exception:  # noqa: BLE001 - an older torch without the fields, or no CUDA: N/A
+        return None
 
 
 def rank_numbers(steps_per_sec: float, device: Any, process: "psutil.Process | None" = None) -> list[float]:
@@ -80,13 +96,13 @@ def rank_numbers(steps_per_sec: float, device: Any, process: "psutil.Process | N
         rss = float((process or psutil.Process()).memory_info().rss)
     except Exception:  # noqa: BLE001 - N/A, the run goes on
         pass
-    cuda = [-1.0, -1.0, -1.0, -1.0]
+    cuda = [-1.0] * 5
     if getattr(device, "type", None) == "cuda":
         index = device.index or 0
         mine = [m for m in cuda_memory() if m["device"] == index]
-        cuda = [float(index)] + [float(v) if v is not None else -1.0 for v in
-                                 (mine[0]["allocated_bytes"], mine[0]["reserved_bytes"], mine[0]["peak_bytes"])] \
-            if mine else [float(index), -1.0, -1.0, -1.0]
+        memory = (mine[0]["allocated_bytes"], mine[0]["reserved_bytes"], mine[0]["peak_bytes"]) if mine \
+            else (None, None, None)
+        cuda = [-1.0 if v is None else float(v) for v in (index, *memory, cuda_pci(index))]
     return [float(os.getpid()), float(steps_per_sec), rss, *cuda]
 
 

@@ -66,6 +66,11 @@ def test_nvml_sees_the_gpus() -> None:
     with SystemSampler(interval=0.2) as sampler:
         snap = wait_until(lambda: sampler.latest(), timeout=10, what="a snapshot")
     assert snap.gpus and snap.gpus[0].mem_total_bytes
+    torch.zeros(1, device="cuda")
+    from tuitrain.engine.resources import cuda_pci
+
+    # What the panel marks a rank's GPU by: CUDA's device 0 is one of NVML's GPUs, by PCI location.
+    assert cuda_pci(0) is not None and cuda_pci(0) in {g.pci for g in snap.gpus}, (cuda_pci(0), snap.gpus)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs for two NCCL ranks")

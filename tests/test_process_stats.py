@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import types
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,14 @@ import psutil
 import pytest
 
 from conftest import classifier_preset, make_cfg, start
-from dashboard_helpers import FakeTrainer, dashboard, run_async, run_started, until, widget_text
+from dashboard_helpers import (FakeSampler, FakeTrainer, cpu_only_snapshot, dashboard, run_async, run_started, until,
+                               widget_text)
 from test_control import collect
 from tuitrain.engine import events as ev
 from tuitrain.engine.commands import Stop
 from tuitrain.engine.control import LIVE_ONLY_TYPES, ControlClient
 from tuitrain.engine.replay import events_from_records
-from tuitrain.engine.resources import INTERVAL, ProcessProbe, cuda_memory
+from tuitrain.engine.resources import INTERVAL, RANK_FIELDS, ProcessProbe, cuda_memory, pci_key, rank_numbers
 from tuitrain.tui.state import DashboardState
 
 GiB = 2**30
@@ -215,3 +217,49 @@ def test_the_system_panel_lists_every_rank_of_a_torchrun_group() -> None:
             assert "rank 1 N/A steps/s · RSS N/A" in text and "rank x" not in text, text
 
     run_async(body)
+
+
+@pytest.mark.parametrize("by_pci", [True, False], ids=["by PCI location", "by ordinal (no PCI reported)"])
+def test_the_system_panel_marks_the_gpu_each_rank_really_uses(by_pci: bool) -> None:
+    """CUDA_VISIBLE_DEVICES=1,0: each rank's cuda:N is NVML's other GPU; the PCI location says which."""
+    from tuitrain.tui.system import GpuStats
+    from tuitrain.tui.widgets.system_panel import SystemPanel
+
+    gpus = (GpuStats(0, "NVIDIA H100", 10.0, GiB, 80 * GiB, 40.0, 100.0, 700.0, pci=pci_key(0, 0x17, 0)),
+            GpuStats(1, "NVIDIA H200", 90.0, GiB, 141 * GiB, 60.0, 600.0, 700.0, pci=pci_key(0, 0x65, 0)))
+    sampler = FakeSampler(replace(cpu_only_snapshot(), gpus=gpus, gpu_note=None))
+    ranks = [{"rank": 0, "pid": 11, "cuda_device": 0, "cuda_pci": pci_key(0, 0x65, 0)},
+             {"rank": 1, "pid": 12, "cuda_device": 1, "cuda_pci": pci_key(0, 0x17, 0)}]
+    if not by_pci:
+        ranks = [{k: v for k, v in r.items() if k != "cuda_pci"} for r in ranks]
+    trainer = FakeTrainer([run_started(T0)])
+
+    async def body() -> None:
+        async with dashboard(trainer, sampler, size=(120, 40)) as (app, pilot, _):  # type: ignore[arg-type]
+            panel = app.query_one(SystemPanel)
+            trainer.events.put(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, ranks=ranks))
+            await until(pilot, lambda: "rank 1 " in widget_text(panel), "the ranks")
+            text = widget_text(panel)
+            if by_pci:
+                assert "GPU0 NVIDIA H100 · rank 1\n" in text and "GPU1 NVIDIA H200 · rank 0\n" in text, text
+            else:
+                assert "GPU0 NVIDIA H100 · rank 0\n" in text and "GPU1 NVIDIA H200 · rank 1\n" in text, text
+
+    run_async(body)
+
+
+def test_a_rank_reports_where_its_gpu_sits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The number a rank gathers for the panel: its CUDA ordinal and that device's PCI location."""
+    import torch
+
+    from tuitrain.engine import resources
+
+    monkeypatch.setattr(resources, "cuda_memory", lambda: [
+        {"device": 1, "allocated_bytes": 5, "reserved_bytes": 6, "peak_bytes": 7}])
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props if i == 1 else None)
+    row = dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cuda", 1))))
+    assert (row["cuda_device"], row["cuda_allocated_bytes"], row["cuda_pci"]) == (1, 5, pci_key(0, 0x65, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace())  # an older torch
+    assert dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cuda", 1))))["cuda_pci"] == -1
+    assert dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cpu"))))["cuda_pci"] == -1

@@ -65,6 +65,7 @@ class FakeGpu:
     temp: int = 54
     power_mw: int = 215_000
     limit_mw: int = 700_000
+    pci: tuple[int, int, int] = (0, 0x17, 0)  # domain, bus, device
     unsupported: set[str] = field(default_factory=set)  # e.g. {"temp", "power"}
 
 
@@ -133,6 +134,12 @@ def fake_pynvml(gpus: list[FakeGpu], init_error: Exception | None = None) -> typ
         check(h, "limit")
         return h.limit_mw
 
+    @rec
+    def nvmlDeviceGetPciInfo(h):
+        check(h, "pci")
+        domain, bus, device = h.pci
+        return types.SimpleNamespace(domain=domain, bus=bus, device=device, busId=b"%08X:%02X:%02X.0" % h.pci)
+
     ns = types.SimpleNamespace(
         NVMLError=NVMLError, NVMLError_NotSupported=NVMLError_NotSupported,
         NVMLError_LibraryNotFound=NVMLError_LibraryNotFound,
@@ -140,7 +147,7 @@ def fake_pynvml(gpus: list[FakeGpu], init_error: Exception | None = None) -> typ
         NVML_TEMPERATURE_GPU=0, calls=calls)
     for fn in (nvmlInit, nvmlShutdown, nvmlDeviceGetCount, nvmlDeviceGetHandleByIndex, nvmlDeviceGetName,
                nvmlDeviceGetUtilizationRates, nvmlDeviceGetMemoryInfo, nvmlDeviceGetTemperature,
-               nvmlDeviceGetPowerUsage, nvmlDeviceGetEnforcedPowerManagementLimit):
+               nvmlDeviceGetPowerUsage, nvmlDeviceGetEnforcedPowerManagementLimit, nvmlDeviceGetPciInfo):
         setattr(ns, fn.__name__, fn)
     return ns
 
@@ -160,12 +167,12 @@ def assert_host_fields(snap: SystemSnapshot) -> None:
 
 def test_two_gpus_report_every_field():
     nv = fake_pynvml([FakeGpu(), FakeGpu(name="NVIDIA A100-SXM4-40GB", util=5, used=1 * GiB, total=40 * GiB,
-                                         temp=33, power_mw=61_500, limit_mw=400_000)])
+                                         temp=33, power_mw=61_500, limit_mw=400_000, pci=(1, 0x65, 2))])
     snap = sampler_for(nv).sample_now()
     assert snap.gpu_note is None
     assert snap.gpus == (
-        GpuStats(0, "NVIDIA H100 80GB HBM3", 87.0, 3.0 * GiB, 80.0 * GiB, 54.0, 215.0, 700.0),
-        GpuStats(1, "NVIDIA A100-SXM4-40GB", 5.0, 1.0 * GiB, 40.0 * GiB, 33.0, 61.5, 400.0),
+        GpuStats(0, "NVIDIA H100 80GB HBM3", 87.0, 3.0 * GiB, 80.0 * GiB, 54.0, 215.0, 700.0, pci=0x1700),
+        GpuStats(1, "NVIDIA A100-SXM4-40GB", 5.0, 1.0 * GiB, 40.0 * GiB, 33.0, 61.5, 400.0, pci=0x1_6502),
     )
     assert all(isinstance(v, float) for g in snap.gpus
                for v in (g.util_percent, g.mem_used_bytes, g.temperature_c, g.power_w, g.power_limit_w))
@@ -174,13 +181,13 @@ def test_two_gpus_report_every_field():
 
 
 def test_unsupported_fields_are_none_and_the_rest_present():
-    nv = fake_pynvml([FakeGpu(unsupported={"temp", "power"}), FakeGpu(unsupported={"limit", "mem"})])
+    nv = fake_pynvml([FakeGpu(unsupported={"temp", "power"}), FakeGpu(unsupported={"limit", "mem", "pci"})])
     g0, g1 = sampler_for(nv).sample_now().gpus
     assert (g0.temperature_c, g0.power_w) == (None, None)
     assert (g0.name, g0.util_percent, g0.mem_used_bytes, g0.mem_total_bytes, g0.power_limit_w) == (
         "NVIDIA H100 80GB HBM3", 87.0, 3.0 * GiB, 80.0 * GiB, 700.0)
     assert (g1.power_limit_w, g1.mem_used_bytes, g1.mem_total_bytes) == (None, None, None)
-    assert (g1.temperature_c, g1.power_w) == (54.0, 215.0)
+    assert (g1.temperature_c, g1.power_w, g1.pci, g0.pci) == (54.0, 215.0, None, 0x1700)
     assert fmt_temp(g0.temperature_c) == "N/A" and fmt_watts(g0.power_w, g0.power_limit_w) == "N/A/700 W"
 
 

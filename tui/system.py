@@ -27,6 +27,8 @@ from typing import Any, Callable, TypeVar
 
 import psutil
 
+from tuitrain.engine.resources import pci_key
+
 __all__ = [
     "GpuStats",
     "TorchCudaMemory",
@@ -61,6 +63,8 @@ class GpuStats:
     temperature_c: float | None
     power_w: float | None
     power_limit_w: float | None
+    pci: int | None = None
+    """Its PCI location (engine.resources.pci_key): how a rank's CUDA device is found among NVML's GPUs."""
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,10 @@ class Nvml:
         mw = self._call(lambda: self._module.nvmlDeviceGetEnforcedPowerManagementLimit(handle))
         return None if mw is None else mw / 1000.0
 
+    def pci(self, handle: Any) -> int | None:
+        info = self._call(lambda: self._module.nvmlDeviceGetPciInfo(handle))
+        return None if info is None else pci_key(info.domain, info.bus, info.device)
+
     def gpu_stats(self, index: int) -> GpuStats:
         """All fields of one GPU; a GPU whose handle cannot be had is all N/A."""
         h = self.handle(index)
@@ -214,7 +222,7 @@ class Nvml:
         return GpuStats(index=index, name=self.name(h), util_percent=self.util_percent(h),
                         mem_used_bytes=used, mem_total_bytes=total,
                         temperature_c=self.temperature_c(h), power_w=self.power_w(h),
-                        power_limit_w=self.power_limit_w(h))
+                        power_limit_w=self.power_limit_w(h), pci=self.pci(h))
 
 
 def _describe(err: BaseException) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from tuitrain.engine import events as ev
-from tuitrain.tui.system import SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts, with_run_process
+from tuitrain.tui.system import GpuStats, SystemSnapshot, fmt_bytes, fmt_percent, fmt_temp, fmt_watts, with_run_process
 from tuitrain.tui.widgets.text_panel import TextPanel
 
 
@@ -19,6 +19,16 @@ def group_ranks(process: ev.ProcessStats | None) -> list[dict]:
     entries = getattr(process, "ranks", None)
     return [r for r in entries if isinstance(r, dict) and isinstance(r.get("rank"), int)] \
         if isinstance(entries, (list, tuple)) else []
+
+
+def gpu_of_rank(rank: dict, gpus: tuple[GpuStats, ...]) -> int | None:
+    """NVML's index of the GPU a rank uses, found by PCI location: the rank's CUDA ordinal is NVML's
+    index only when CUDA_VISIBLE_DEVICES does not renumber and CUDA's fastest-first order happens to
+    be PCI order. By the ordinal only when the rank or NVML could not say where the GPU sits."""
+    pci, ordinal = rank.get("cuda_pci"), rank.get("cuda_device")
+    if isinstance(pci, int) and any(g.pci is not None for g in gpus):
+        return next((g.index for g in gpus if g.pci == pci), None)
+    return ordinal if isinstance(ordinal, int) else None
 
 
 def _number(value: object) -> float | None:
@@ -37,8 +47,9 @@ class SystemPanel(TextPanel):
         ranks = group_ranks(process)
         on_gpu: dict[int, list[int]] = {}
         for r in ranks:
-            if isinstance(r.get("cuda_device"), int):
-                on_gpu.setdefault(r["cuda_device"], []).append(r["rank"])
+            index = gpu_of_rank(r, snap.gpus)
+            if index is not None:
+                on_gpu.setdefault(index, []).append(r["rank"])
         for gpu in snap.gpus:
             used = on_gpu.get(gpu.index)
             mark = f" · rank {', '.join(map(str, used))}" if used else ""
