@@ -16,11 +16,12 @@ process group's timeout, however long the pause.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
+import contextlib
 import pickle
 import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -46,6 +47,20 @@ def group_size() -> int:
 def group_rank() -> int:
     """This process's rank in an initialized process group, else 0."""
     return _group()[0]
+
+
+#: The store key of a rank under which a collective failed (torchrun's store outlives every rank).
+SAW_FAILURE = "tuitrain/saw-failure/{}"
+
+
+def _store() -> Any:
+    """The process group's store with a one-second timeout (the group is broken: never wait long), or None."""
+    try:
+        store = dist.distributed_c10d._get_default_store()  # the store init_process_group met in
+        store.set_timeout(timedelta(seconds=1))
+        return store
+    except Exception:  # noqa: BLE001 - no group, or a torch that keeps it elsewhere: nothing to ask
+        return None
 
 
 def _wire_device() -> torch.device:
@@ -160,6 +175,23 @@ class StepSync:
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj`, in rank order, on every rank (a checkpoint's per-rank RNG state)."""
         return all_gather_objects(obj)
+
+    def saw_failure(self) -> None:
+        """Say, in the group's store, that a collective failed under this rank: it went on running,
+        so it is not the rank that died (see `saw_failure_of`). Best effort, within a second."""
+        store = _store()
+        if store is not None:
+            with contextlib.suppress(Exception):
+                store.set(SAW_FAILURE.format(self.rank), "1")
+
+    def saw_failure_of(self, ranks: list[int]) -> set[int]:
+        """Which of `ranks` said `saw_failure()`: ranks that ended because another did, not first."""
+        store = _store()
+        if store is None:
+            return set()
+        with contextlib.suppress(Exception):
+            return {r for r in ranks if store.check([SAW_FAILURE.format(r)])}
+        return set()
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """The element-wise mean over ranks of a same-shaped tensor (the losses since the last sync)."""

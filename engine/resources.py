@@ -23,7 +23,8 @@ import psutil
 
 from .events import ProcessStats
 
-__all__ = ["INTERVAL", "ProcessProbe", "RANK_FIELDS", "cuda_memory", "cuda_pci", "pci_key", "rank_numbers"]
+__all__ = ["INTERVAL", "ProcessProbe", "RANK_FIELDS", "cuda_memory", "cuda_pci", "pci_key", "rank_numbers",
+           "silent_ranks"]
 
 #: The fewest seconds between two samples (the system panel redraws about once a second).
 INTERVAL = 1.0
@@ -104,6 +105,35 @@ def rank_numbers(steps_per_sec: float, device: Any, process: "psutil.Process | N
             else (None, None, None)
         cuda = [-1.0 if v is None else float(v) for v in (index, *memory, cuda_pci(index))]
     return [float(os.getpid()), float(steps_per_sec), rss, *cuda]
+
+
+def silent_ranks(ranks: list[dict[str, Any]], me: int) -> list[int]:
+    """The ranks of this machine, from the last gather's rows (`ranks`, with "rank" and "pid"), whose
+    process has exited, is a zombie or is stopped: the ones a failed collective was waiting for.
+
+    Only this machine's ranks can be looked up by pid: torchrun numbers one agent's ranks as one
+    block (LOCAL_RANK 0 .. LOCAL_WORLD_SIZE-1 from the block's first rank). A rank that hangs while
+    running is not found here, and neither is one on another machine.
+    """
+    try:
+        first = me - int(os.environ.get("LOCAL_RANK", "0"))
+        size = int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    except ValueError:
+        return []
+    gone = []
+    for row in ranks:
+        rank, pid = row.get("rank"), row.get("pid")
+        if not (isinstance(rank, int) and isinstance(pid, int)) or rank == me or not first <= rank < first + size:
+            continue
+        try:
+            status = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
+            status = psutil.STATUS_DEAD
+        except psutil.Error:
+            continue
+        if status in (psutil.STATUS_DEAD, psutil.STATUS_ZOMBIE, psutil.STATUS_STOPPED):
+            gone.append(rank)
+    return gone
 
 
 class ProcessProbe:

@@ -43,7 +43,7 @@ from .events import (BoundaryGrid, BoundaryPoints, CheckpointFailed, CheckpointS
                      EvalDone, Event, EventBuffer, Hint, LayerStats, LRChanged, NonFinite, Paused, Resumed,
                      RunEnded, RunFailed, RunStarted, RunSummary, Sample, SchedulePreview, StepStats, Stopped)
 from .layer_health import LayerHealth
-from .resources import ProcessProbe
+from .resources import ProcessProbe, silent_ranks
 from .rundir import RunDir, Unrecorded, read_history
 from .seeding import capture_rng, restore_rng, seed_everything
 
@@ -1119,7 +1119,12 @@ class Trainer:
                  "ProcessGroup", "gloo", "nccl", "Connection refused")
         if not isinstance(exc, RuntimeError) or not any(w.lower() in text.lower() for w in words):
             return None
-        other = " (rank 1)" if self.world == 2 else ""
+        if not self.leader:
+            self.sync.saw_failure()  # so rank 0 knows this rank ended because of another
+        silent = silent_ranks(self._ranks, self.rank)
+        named = [r for r in silent if r not in self.sync.saw_failure_of(silent)] or \
+            ([1 - self.rank] if self.world == 2 else [])
+        other = f" (rank {', '.join(map(str, named))})" if named else ""
         # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:17603: Connection reset by peer. This is typically..."
         text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h)(?::\d+)?\]\s*", "", text).split(". This is typically")[0]
         return (f"another rank{other} stopped answering the group at step {self.step}, so the run cannot go on "
