@@ -31,9 +31,10 @@ class LossWindow:
         return self._packed_steps + len(self._loose)
 
     def add(self, loss: Any) -> None:
-        """One step's loss; called on every step, so it does one append and, every PACK steps, one stack."""
+        """One step's loss; called on every step, so it does one append and, every PACK steps, one stack.
+        Detached only when it carries a graph (a framework's loss often arrives detached already)."""
         loose = self._loose
-        loose.append(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        loose.append(loss.detach() if isinstance(loss, torch.Tensor) and loss.requires_grad else loss)
         if len(loose) >= PACK:
             self._pack()
 

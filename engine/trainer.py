@@ -1122,8 +1122,8 @@ class Trainer:
         if not self.leader:
             self.sync.saw_failure()  # so rank 0 knows this rank ended because of another
         silent = silent_ranks(self._ranks, self.rank)
-        named = [r for r in silent if r not in self.sync.saw_failure_of(silent)] or \
-            ([1 - self.rank] if self.world == 2 else [])
+        ended_after = self.sync.saw_failure_of(silent) if silent else set()
+        named = [r for r in silent if r not in ended_after] or ([1 - self.rank] if self.world == 2 else [])
         other = f" (rank {', '.join(map(str, named))})" if named else ""
         # gloo: "[.../pair.cc:537] Read error [127.0.0.1]:17603: Connection reset by peer. This is typically..."
         text = re.sub(r"^\[[^\]]*\.(?:cc|cpp|h)(?::\d+)?\]\s*", "", text).split(". This is typically")[0]

@@ -95,7 +95,8 @@ def build(pl: ModuleType) -> type:
                 return
             loss = _loss_of(outputs)
             if loss is not None:
-                loss = loss.detach() if hasattr(loss, "detach") else loss
+                if getattr(loss, "requires_grad", False):
+                    loss = loss.detach()  # Lightning's own outputs come detached: no second copy of those
                 self._loss = loss if self._loss is None else self._loss + loss  # on its device: no sync
             step = int(trainer.global_step)
             if step == self._last_step:

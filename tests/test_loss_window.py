@@ -22,6 +22,18 @@ def test_every_steps_loss_comes_back_in_order_through_the_packs() -> None:
     assert len(window) == 0 and window.host() == []
 
 
+def test_a_loss_is_kept_without_its_graph_and_one_that_has_none_is_not_copied() -> None:
+    window = LossWindow()
+    with_graph = torch.tensor(1.0, requires_grad=True) * 2.0
+    detached = torch.tensor(3.0)  # a framework's loss often arrives like this (Lightning's outputs)
+    window.add(with_graph)
+    window.add(detached)
+    kept = window._loose
+    assert kept[0].grad_fn is None and not kept[0].requires_grad, "the graph would live until the flush"
+    assert kept[1] is detached, "a second detach is one more tensor op on every step"
+    assert window.host() == [2.0, 3.0]
+
+
 def test_numbers_none_and_losses_of_other_shapes_keep_their_places() -> None:
     window = LossWindow()
     expected: list[float] = []
