@@ -406,3 +406,30 @@ def test_importing_system_pulls_in_no_ui_library_and_no_pynvml():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_a_watched_run_that_exited_reads_ended_not_an_rss_of_0_b() -> None:
+    """The dashboard's child run, once it exits, is a zombie until reaped: its RSS reads 0 B."""
+    from tuitrain.tui.widgets.system_panel import SystemPanel
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        sampler = SystemSampler(pid=child.pid, nvml=Nvml(fake_pynvml([])))
+        live = sampler.sample_now()
+        assert live.process_rss_bytes and live.process_rss_bytes > 0 and not live.process_ended
+        assert child.stdin is not None
+        child.stdin.close()
+        wait_until(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, what="the child a zombie")
+        zombie = sampler.sample_now()
+        assert zombie.process_ended and zombie.process_rss_bytes is None, zombie
+        child.wait()
+        assert sampler.sample_now().process_ended  # reaped: gone
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    panel = SystemPanel()
+    shown: list[str] = []
+    panel.set_content = lambda renderable, text: shown.append(text)  # type: ignore[method-assign]
+    panel.show(zombie)
+    assert f"run (pid {child.pid}) ended" in shown[-1] and "RSS" not in shown[-1], shown[-1]

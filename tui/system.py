@@ -96,6 +96,8 @@ class SystemSnapshot:
     """Empty unless this process has already initialized CUDA through torch."""
     process_label: str = "process"
     """Whose RSS process_rss_bytes is: 'process' (this one) or 'run (pid N)' (a watched run's)."""
+    process_ended: bool = False
+    """The watched run's process has exited (gone, or a zombie whose RSS reads 0): no RSS to show."""
 
 
 # -- NVML ---------------------------------------------------------------------------
@@ -313,13 +315,14 @@ class SystemSampler:
             vm = self._field(psutil.virtual_memory)
             ram_used = self._field(lambda: vm.used) if vm is not None else None
             ram_total = self._field(lambda: vm.total) if vm is not None else None
-            rss = self._field(lambda: self._get_process().memory_info().rss)
+            rss, ended = self._process_rss()
             gpus, note = self._sample_gpus()
             torch_cuda = self._sample_torch_cuda()
             snap = SystemSnapshot(t=time.time(), cpu_percent=_num(cpu), ram_used_bytes=_num(ram_used),
                                   ram_total_bytes=_num(ram_total), process_rss_bytes=_num(rss),
                                   gpus=gpus, gpu_note=note, torch_cuda=torch_cuda,
-                                  process_label="process" if self.pid is None else f"run (pid {self.pid})")
+                                  process_label="process" if self.pid is None else f"run (pid {self.pid})",
+                                  process_ended=ended)
             self._latest = snap
             return snap
 
@@ -327,6 +330,20 @@ class SystemSampler:
         if not self._cpu_primed:
             self._field(lambda: psutil.cpu_percent(interval=None))
             self._cpu_primed = True
+
+    def _process_rss(self) -> tuple[float | None, bool]:
+        """(RSS in bytes or None, whether the watched run's process has ended). A child that exited but
+        is not yet reaped is a zombie, whose RSS reads 0 B: that is "ended", not a number."""
+        try:
+            process = self._get_process()
+            if self.pid is not None and process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+                return None, True
+            return _num(process.memory_info().rss), False
+        except psutil.NoSuchProcess:  # ZombieProcess too
+            return None, self.pid is not None
+        except Exception as err:  # noqa: BLE001 - N/A, not a failure
+            self.last_error = err
+            return None, False
 
     def _get_process(self) -> psutil.Process:
         if self._process is None:

@@ -64,7 +64,8 @@ class SystemPanel(TextPanel):
                          f"reserved {fmt_bytes(mem.reserved_bytes)} · peak {fmt_bytes(mem.peak_bytes)}")
         lines.append(f"CPU {fmt_percent(snap.cpu_percent)} · RAM {fmt_bytes(snap.ram_used_bytes)}"
                      f"/{fmt_bytes(snap.ram_total_bytes)}")
-        lines.append(f"{snap.process_label} RSS {fmt_bytes(snap.process_rss_bytes)}")
+        lines.append(f"{snap.process_label} ended" if snap.process_ended
+                     else f"{snap.process_label} RSS {fmt_bytes(snap.process_rss_bytes)}")
         for r in ranks[:MAX_RANK_LINES]:
             cuda = (f" · cuda:{r['cuda_device']} {fmt_bytes(_number(r.get('cuda_allocated_bytes')))}"
                     f" (peak {fmt_bytes(_number(r.get('cuda_peak_bytes')))})"
