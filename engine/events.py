@@ -376,8 +376,9 @@ class ProcessStats(Event):
     rss_bytes: int | None
     """Resident set size in bytes; None if it could not be read."""
     cuda: list[dict[str, int | None]] = field(default_factory=list)
-    """Per CUDA device used: {"device", "allocated_bytes", "reserved_bytes", "peak_bytes"} (a value
-    that could not be read is None); empty without CUDA (or before the run initialized it)."""
+    """Per CUDA device used: {"device", "allocated_bytes", "reserved_bytes", "peak_bytes", "pci"} (a
+    value that could not be read is None; pci: resources.pci_key of the GPU); empty without CUDA (or
+    before the run initialized it)."""
     ranks: list[dict[str, Any]] = field(default_factory=list)
     """Under torchrun, every rank as gathered at the last flush: {"rank", "pid", "steps_per_sec",
     "rss_bytes", "cuda_device", "cuda_allocated_bytes", "cuda_reserved_bytes", "cuda_peak_bytes",

@@ -57,7 +57,8 @@ def cuda_memory(cuda: Any | None = None) -> list[dict[str, int | None]]:
         peak = _bytes(cuda.max_memory_allocated, i)
         if not any((allocated, reserved, peak)):
             continue  # not a device this run uses (0 or unreadable everywhere)
-        out.append({"device": i, "allocated_bytes": allocated, "reserved_bytes": reserved, "peak_bytes": peak})
+        out.append({"device": i, "allocated_bytes": allocated, "reserved_bytes": reserved, "peak_bytes": peak,
+                    "pci": cuda_pci(i, cuda)})
     return out
 
 
@@ -80,11 +81,12 @@ def pci_key(domain: int, bus: int, device: int) -> int:
     return (int(domain) << 16) | (int(bus) << 8) | int(device)
 
 
-def cuda_pci(index: int) -> int | None:
-    """pci_key of CUDA device `index` of this process; None when torch cannot say."""
-    torch = sys.modules.get("torch")
+def cuda_pci(index: int, cuda: Any | None = None) -> int | None:
+    """pci_key of CUDA device `index` of this process (`cuda`: torch.cuda, or a test's fake); None
+    when torch cannot say."""
     try:
-        props = torch.cuda.get_device_properties(index)  # type: ignore[union-attr]
+        cuda = cuda if cuda is not None else sys.modules["torch"].cuda
+        props = cuda.get_device_properties(index)
         return pci_key(props.pci_domain_id, props.pci_bus_id, props.pci_device_id)
     except Exception:  # noqa: BLE001 - an older torch without the fields, or no CUDA: N/A
         return None
@@ -101,9 +103,9 @@ def rank_numbers(steps_per_sec: float, device: Any, process: "psutil.Process | N
     if getattr(device, "type", None) == "cuda":
         index = device.index or 0
         mine = [m for m in cuda_memory() if m["device"] == index]
-        memory = (mine[0]["allocated_bytes"], mine[0]["reserved_bytes"], mine[0]["peak_bytes"]) if mine \
-            else (None, None, None)
-        cuda = [-1.0 if v is None else float(v) for v in (index, *memory, cuda_pci(index))]
+        memory = (mine[0]["allocated_bytes"], mine[0]["reserved_bytes"], mine[0]["peak_bytes"], mine[0].get("pci")) \
+            if mine else (None, None, None, cuda_pci(index))
+        cuda = [-1.0 if v is None else float(v) for v in (index, *memory)]
     return [float(os.getpid()), float(steps_per_sec), rss, *cuda]
 
 

@@ -72,6 +72,10 @@ class FakeCuda:
         self._touch("max_memory_allocated")
         return self.used[i][2]
 
+    def get_device_properties(self, i: int) -> types.SimpleNamespace:
+        self._touch("get_device_properties")
+        return types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65 + i, pci_device_id=0)
+
 
 def process_stats(t: float = T0 + 1, *, pid: int = 4242, rss: int | None = int(1.5 * GiB),
                   cuda: list[dict[str, Any]] | None = None) -> ev.ProcessStats:
@@ -121,7 +125,7 @@ def test_cuda_memory_is_read_only_once_cuda_is_initialized_and_only_for_devices_
     monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=warm))  # the probe's default path
     stats = ProcessProbe().sample(7, T0)
     assert stats.cuda == [{"device": 0, "allocated_bytes": 2 * GiB, "reserved_bytes": 3 * GiB,
-                           "peak_bytes": int(2.5 * GiB)}]  # device 1 holds nothing: not listed
+                           "peak_bytes": int(2.5 * GiB), "pci": pci_key(0, 0x65, 0)}]  # device 1: nothing held
     monkeypatch.delitem(sys.modules, "torch")
     assert cuda_memory() == []  # no torch in the process: nothing to read, and nothing imported
     assert "torch" not in sys.modules
@@ -130,8 +134,9 @@ def test_cuda_memory_is_read_only_once_cuda_is_initialized_and_only_for_devices_
 def test_a_broken_cuda_reading_is_n_a_not_a_failed_run() -> None:
     broken = FakeCuda()
     broken.memory_reserved = lambda i: (_ for _ in ()).throw(RuntimeError("driver gone"))  # type: ignore[method-assign]
+    broken.get_device_properties = lambda i: types.SimpleNamespace()  # type: ignore[method-assign]
     assert cuda_memory(broken)[0] == {"device": 0, "allocated_bytes": 2 * GiB, "reserved_bytes": None,
-                                      "peak_bytes": int(2.5 * GiB)}
+                                      "peak_bytes": int(2.5 * GiB), "pci": None}
     hopeless = types.SimpleNamespace(is_initialized=lambda: (_ for _ in ()).throw(RuntimeError("no")))
     assert cuda_memory(hopeless) == []
 
@@ -248,6 +253,28 @@ def test_the_system_panel_marks_the_gpu_each_rank_really_uses(by_pci: bool) -> N
     run_async(body)
 
 
+def test_the_system_panel_marks_the_gpu_a_single_run_uses_by_pci_location() -> None:
+    from tuitrain.tui.system import GpuStats
+    from tuitrain.tui.widgets.system_panel import SystemPanel
+
+    gpus = (GpuStats(0, "NVIDIA H100", 10.0, GiB, 80 * GiB, 40.0, 100.0, 700.0, pci=pci_key(0, 0x17, 0)),
+            GpuStats(1, "NVIDIA H200", 90.0, GiB, 141 * GiB, 60.0, 600.0, 700.0, pci=pci_key(0, 0x65, 0)))
+    sampler = FakeSampler(replace(cpu_only_snapshot(), gpus=gpus, gpu_note=None))
+    cuda = [{"device": 0, "allocated_bytes": GiB, "reserved_bytes": GiB, "peak_bytes": GiB,
+             "pci": pci_key(0, 0x65, 0)}]  # CUDA_VISIBLE_DEVICES=1: its cuda:0 is NVML's GPU1
+    trainer = FakeTrainer([run_started(T0)])
+
+    async def body() -> None:
+        async with dashboard(trainer, sampler, size=(120, 40)) as (app, pilot, _):  # type: ignore[arg-type]
+            panel = app.query_one(SystemPanel)
+            trainer.events.put(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, cuda=cuda))
+            await until(pilot, lambda: "torch cuda:0" in widget_text(panel), "the run's CUDA memory")
+            text = widget_text(panel)
+            assert "GPU1 NVIDIA H200 · this run\n" in text and "GPU0 NVIDIA H100\n" in text, text
+
+    run_async(body)
+
+
 def test_a_rank_reports_where_its_gpu_sits(monkeypatch: pytest.MonkeyPatch) -> None:
     """The number a rank gathers for the panel: its CUDA ordinal and that device's PCI location."""
     import torch
@@ -255,11 +282,13 @@ def test_a_rank_reports_where_its_gpu_sits(monkeypatch: pytest.MonkeyPatch) -> N
     from tuitrain.engine import resources
 
     monkeypatch.setattr(resources, "cuda_memory", lambda: [
-        {"device": 1, "allocated_bytes": 5, "reserved_bytes": 6, "peak_bytes": 7}])
-    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props if i == 1 else None)
+        {"device": 1, "allocated_bytes": 5, "reserved_bytes": 6, "peak_bytes": 7, "pci": pci_key(0, 0x65, 0)}])
     row = dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cuda", 1))))
     assert (row["cuda_device"], row["cuda_allocated_bytes"], row["cuda_pci"]) == (1, 5, pci_key(0, 0x65, 0))
+    monkeypatch.setattr(resources, "cuda_memory", lambda: [])  # no memory held on it yet: asked directly
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x65, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props if i == 1 else None)
+    assert dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cuda", 1))))["cuda_pci"] == pci_key(0, 0x65, 0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace())  # an older torch
     assert dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cuda", 1))))["cuda_pci"] == -1
     assert dict(zip(RANK_FIELDS, rank_numbers(100.0, torch.device("cpu"))))["cuda_pci"] == -1

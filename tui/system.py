@@ -75,6 +75,8 @@ class TorchCudaMemory:
     allocated_bytes: float | None
     reserved_bytes: float | None
     peak_bytes: float | None
+    pci: int | None = None
+    """The GPU's PCI location (engine.resources.pci_key), when the run could say: which NVML GPU it is."""
 
 
 @dataclass(frozen=True)
@@ -417,9 +419,11 @@ def with_run_process(snap: SystemSnapshot | None, process: Any | None) -> System
         device = entry.get("device") if isinstance(entry, dict) else None
         if not isinstance(device, int) or isinstance(device, bool):
             continue
+        pci = entry.get("pci")
         cuda.append(TorchCudaMemory(device_index=device, allocated_bytes=_num(entry.get("allocated_bytes")),
                                     reserved_bytes=_num(entry.get("reserved_bytes")),
-                                    peak_bytes=_num(entry.get("peak_bytes"))))
+                                    peak_bytes=_num(entry.get("peak_bytes")),
+                                    pci=pci if isinstance(pci, int) and not isinstance(pci, bool) else None))
     return replace(snap, process_rss_bytes=_num(getattr(process, "rss_bytes", None)), process_label=label,
                    torch_cuda=tuple(cuda))
 

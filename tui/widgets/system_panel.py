@@ -21,11 +21,10 @@ def group_ranks(process: ev.ProcessStats | None) -> list[dict]:
         if isinstance(entries, (list, tuple)) else []
 
 
-def gpu_of_rank(rank: dict, gpus: tuple[GpuStats, ...]) -> int | None:
-    """NVML's index of the GPU a rank uses, found by PCI location: the rank's CUDA ordinal is NVML's
+def nvml_index(pci: object, ordinal: object, gpus: tuple[GpuStats, ...]) -> int | None:
+    """NVML's index of the GPU a run's CUDA device is, found by PCI location: a CUDA ordinal is NVML's
     index only when CUDA_VISIBLE_DEVICES does not renumber and CUDA's fastest-first order happens to
-    be PCI order. By the ordinal only when the rank or NVML could not say where the GPU sits."""
-    pci, ordinal = rank.get("cuda_pci"), rank.get("cuda_device")
+    be PCI order. By the ordinal only when the run or NVML could not say where the GPU sits."""
     if isinstance(pci, int) and any(g.pci is not None for g in gpus):
         return next((g.index for g in gpus if g.pci == pci), None)
     return ordinal if isinstance(ordinal, int) else None
@@ -47,12 +46,15 @@ class SystemPanel(TextPanel):
         ranks = group_ranks(process)
         on_gpu: dict[int, list[int]] = {}
         for r in ranks:
-            index = gpu_of_rank(r, snap.gpus)
+            index = nvml_index(r.get("cuda_pci"), r.get("cuda_device"), snap.gpus)
             if index is not None:
                 on_gpu.setdefault(index, []).append(r["rank"])
+        # One process (no ranks): the GPUs whose memory the run's torch holds.
+        this_run = set() if ranks or process is None else \
+            {nvml_index(m.pci, m.device_index, snap.gpus) for m in snap.torch_cuda}
         for gpu in snap.gpus:
             used = on_gpu.get(gpu.index)
-            mark = f" · rank {', '.join(map(str, used))}" if used else ""
+            mark = f" · rank {', '.join(map(str, used))}" if used else " · this run" if gpu.index in this_run else ""
             lines.append(f"GPU{gpu.index} {gpu.name or 'N/A'}{mark}")
             lines.append(f"  util {fmt_percent(gpu.util_percent)} · mem {fmt_bytes(gpu.mem_used_bytes)}"
                          f"/{fmt_bytes(gpu.mem_total_bytes)}")
