@@ -127,6 +127,8 @@ def test_headless_ctrl_c_saves_every_rank_and_exits_130_without_torchruns_traceb
     assert steps_taken(tmp_path, 0) == steps_taken(tmp_path, 1) == s["steps"]
     assert "Traceback" not in err and "stopping at step" in out + err
     assert took < 20
+    # torchrun restarts nothing here (no --max-restarts): the launch's restart marker goes with the run.
+    assert not (tmp_path / "runs" / ".torchrun").exists()
 
 
 def _end_group(R: Path, folder: Path) -> None:

@@ -90,6 +90,17 @@ def _restart_dir(run_dir: Any) -> Path | None:
     return None
 
 
+def _restart_left() -> bool:
+    """torchrun may start this group again: it restarts a failed group while its --max-restarts last
+    (a run that ends 0 is never restarted). When it cannot be told, assume it may."""
+    try:
+        done = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+    except ValueError:
+        return True
+    return done < allowed
+
+
 def _marker() -> Path | None:
     """runs/.torchrun/<run id>: torchrun's --standalone gives each launch its own id; without one
     ('none': a c10d rendezvous without --rdzv-id) a restart finds its run only through --run-dir."""
@@ -180,8 +191,8 @@ def _train(rank: int, world: int, preset_spec: str | None, resume: str | None, a
                   f"{os.environ.get('TORCHELASTIC_RESTART_COUNT')}); resuming {run.run_dir}", file=sys.stderr)
         from tuitrain.tui.headless import run_headless
         rc = run.finish(run_headless(run, relay), detach=False, to_terminal=True)
-        if rc == 0:
-            _forget()  # torchrun restarts only a group that failed: this launch needs no marker now
+        if rc == 0 or not _restart_left():
+            _forget()  # no attempt of this launch will come to resume: it needs no marker now
         return rc
     run_dir = broadcast_object(None)
     if not isinstance(run_dir, str):
