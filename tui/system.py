@@ -64,7 +64,7 @@ class GpuStats:
     power_w: float | None
     power_limit_w: float | None
     pci: int | None = None
-    """Its PCI location (engine.resources.pci_key): how a rank's CUDA device is found among NVML's GPUs."""
+    """Its PCI location (engine.resources.pci_key): how a run's CUDA device is found among NVML's GPUs."""
 
 
 @dataclass(frozen=True)
