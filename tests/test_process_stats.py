@@ -224,55 +224,50 @@ def test_the_system_panel_lists_every_rank_of_a_torchrun_group() -> None:
     run_async(body)
 
 
+#: NVML's two GPUs by PCI bus: 0x17 is GPU0, 0x65 is GPU1.
+H100_PCI, H200_PCI = pci_key(0, 0x17, 0), pci_key(0, 0x65, 0)
+
+
+def panel_over_two_gpus(stats: ev.ProcessStats, ready: str) -> str:
+    """The system panel's text once it shows `ready`, after the run sent `stats`, on a machine whose
+    NVML sees an H100 (GPU0) and an H200 (GPU1)."""
+    from tuitrain.tui.system import GpuStats
+    from tuitrain.tui.widgets.system_panel import SystemPanel
+
+    gpus = (GpuStats(0, "NVIDIA H100", 10.0, GiB, 80 * GiB, 40.0, 100.0, 700.0, pci=H100_PCI),
+            GpuStats(1, "NVIDIA H200", 90.0, GiB, 141 * GiB, 60.0, 600.0, 700.0, pci=H200_PCI))
+    sampler = FakeSampler(replace(cpu_only_snapshot(), gpus=gpus, gpu_note=None))
+    trainer = FakeTrainer([run_started(T0)])
+
+    async def body() -> str:
+        async with dashboard(trainer, sampler, size=(120, 40)) as (app, pilot, _):  # type: ignore[arg-type]
+            panel = app.query_one(SystemPanel)
+            trainer.events.put(stats)
+            await until(pilot, lambda: ready in widget_text(panel), ready)
+            return widget_text(panel)
+
+    return run_async(body)
+
+
 @pytest.mark.parametrize("by_pci", [True, False], ids=["by PCI location", "by ordinal (no PCI reported)"])
 def test_the_system_panel_marks_the_gpu_each_rank_really_uses(by_pci: bool) -> None:
     """CUDA_VISIBLE_DEVICES=1,0: each rank's cuda:N is NVML's other GPU; the PCI location says which."""
-    from tuitrain.tui.system import GpuStats
-    from tuitrain.tui.widgets.system_panel import SystemPanel
-
-    gpus = (GpuStats(0, "NVIDIA H100", 10.0, GiB, 80 * GiB, 40.0, 100.0, 700.0, pci=pci_key(0, 0x17, 0)),
-            GpuStats(1, "NVIDIA H200", 90.0, GiB, 141 * GiB, 60.0, 600.0, 700.0, pci=pci_key(0, 0x65, 0)))
-    sampler = FakeSampler(replace(cpu_only_snapshot(), gpus=gpus, gpu_note=None))
-    ranks = [{"rank": 0, "pid": 11, "cuda_device": 0, "cuda_pci": pci_key(0, 0x65, 0)},
-             {"rank": 1, "pid": 12, "cuda_device": 1, "cuda_pci": pci_key(0, 0x17, 0)}]
+    ranks = [{"rank": 0, "pid": 11, "cuda_device": 0, "cuda_pci": H200_PCI},
+             {"rank": 1, "pid": 12, "cuda_device": 1, "cuda_pci": H100_PCI}]
     if not by_pci:
         ranks = [{k: v for k, v in r.items() if k != "cuda_pci"} for r in ranks]
-    trainer = FakeTrainer([run_started(T0)])
-
-    async def body() -> None:
-        async with dashboard(trainer, sampler, size=(120, 40)) as (app, pilot, _):  # type: ignore[arg-type]
-            panel = app.query_one(SystemPanel)
-            trainer.events.put(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, ranks=ranks))
-            await until(pilot, lambda: "rank 1 " in widget_text(panel), "the ranks")
-            text = widget_text(panel)
-            if by_pci:
-                assert "GPU0 NVIDIA H100 · rank 1\n" in text and "GPU1 NVIDIA H200 · rank 0\n" in text, text
-            else:
-                assert "GPU0 NVIDIA H100 · rank 0\n" in text and "GPU1 NVIDIA H200 · rank 1\n" in text, text
-
-    run_async(body)
+    text = panel_over_two_gpus(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, ranks=ranks), "rank 1 ")
+    if by_pci:
+        assert "GPU0 NVIDIA H100 · rank 1\n" in text and "GPU1 NVIDIA H200 · rank 0\n" in text, text
+    else:
+        assert "GPU0 NVIDIA H100 · rank 0\n" in text and "GPU1 NVIDIA H200 · rank 1\n" in text, text
 
 
 def test_the_system_panel_marks_the_gpu_a_single_run_uses_by_pci_location() -> None:
-    from tuitrain.tui.system import GpuStats
-    from tuitrain.tui.widgets.system_panel import SystemPanel
-
-    gpus = (GpuStats(0, "NVIDIA H100", 10.0, GiB, 80 * GiB, 40.0, 100.0, 700.0, pci=pci_key(0, 0x17, 0)),
-            GpuStats(1, "NVIDIA H200", 90.0, GiB, 141 * GiB, 60.0, 600.0, 700.0, pci=pci_key(0, 0x65, 0)))
-    sampler = FakeSampler(replace(cpu_only_snapshot(), gpus=gpus, gpu_note=None))
     cuda = [{"device": 0, "allocated_bytes": GiB, "reserved_bytes": GiB, "peak_bytes": GiB,
-             "pci": pci_key(0, 0x65, 0)}]  # CUDA_VISIBLE_DEVICES=1: its cuda:0 is NVML's GPU1
-    trainer = FakeTrainer([run_started(T0)])
-
-    async def body() -> None:
-        async with dashboard(trainer, sampler, size=(120, 40)) as (app, pilot, _):  # type: ignore[arg-type]
-            panel = app.query_one(SystemPanel)
-            trainer.events.put(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, cuda=cuda))
-            await until(pilot, lambda: "torch cuda:0" in widget_text(panel), "the run's CUDA memory")
-            text = widget_text(panel)
-            assert "GPU1 NVIDIA H200 · this run\n" in text and "GPU0 NVIDIA H100\n" in text, text
-
-    run_async(body)
+             "pci": H200_PCI}]  # CUDA_VISIBLE_DEVICES=1: its cuda:0 is NVML's GPU1
+    text = panel_over_two_gpus(ev.ProcessStats(5, T0 + 1, pid=11, rss_bytes=GiB, cuda=cuda), "torch cuda:0")
+    assert "GPU1 NVIDIA H200 · this run\n" in text and "GPU0 NVIDIA H100\n" in text, text
 
 
 def test_a_rank_reports_where_its_gpu_sits(monkeypatch: pytest.MonkeyPatch) -> None:
